@@ -1,0 +1,50 @@
+# backup_exporter: `make demo` runs the simulated homelab, `make test` runs every quality gate.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEBS   := prometheus prometheus-alertmanager chromium
+
+.PHONY: all venv debs lint test pytest demo bench dashboards clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(STAMP)
+
+# The tests drive the real Debian binaries (promtool, prometheus, alertmanager, amtool, chromium).
+debs:
+	@if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null \
+	    || ! command -v amtool >/dev/null || ! command -v chromium >/dev/null; then \
+	  echo "installing Debian packages: $(DEBS)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(DEBS); \
+	fi
+
+lint: venv
+	$(BIN)/ruff check exporter tests dashboards bench
+	$(BIN)/ruff format --check exporter tests dashboards bench
+	$(BIN)/mypy
+
+pytest: venv debs
+	$(BIN)/python -m pytest -q
+
+test: venv debs lint pytest
+
+demo: venv
+	$(BIN)/python -m exporter.demo
+
+bench: venv
+	$(BIN)/python bench/bucket_memory.py
+
+dashboards: venv
+	$(BIN)/python dashboards/generate.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

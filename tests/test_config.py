@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from conftest import MEMORY_SPEC
+
+from exporter.config import (
+    ConfigError,
+    Secret,
+    Section,
+    format_duration,
+    parse_config,
+    parse_duration,
+    parse_size,
+)
+
+KINDS = {"memory": MEMORY_SPEC}
+
+
+def problems_of(text: str, tmp_path: Path | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, kinds=KINDS, base_dir=tmp_path)
+    return info.value.problems
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30s", 30), ("5m", 300), ("6h", 21600), ("7d", 604800), ("2w", 1209600), ("250ms", 0.25)],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+    if seconds >= 1:
+        assert parse_duration(format_duration(seconds)) == seconds
+
+
+@pytest.mark.parametrize("text", ["5", "5 minutes", "-1s", "1y", ""])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError, match="invalid duration"):
+        parse_duration(text)
+
+
+def test_sizes() -> None:
+    assert parse_size("16MiB") == 16 * 1024 * 1024
+    assert parse_size("1GB") == 10**9
+    assert parse_size(512) == 512
+    with pytest.raises(ValueError, match="invalid size"):
+        parse_size("lots")
+
+
+def test_valid_config_is_frozen_and_typed() -> None:
+    cfg = parse_config(
+        """
+timezone: Europe/Berlin
+sources:
+  mem1: {kind: memory, interval: 5m, timeout: 30s, value: 3}
+jobs:
+  ha-daily: {schedule: "0 3 * * *", grace: 2h, evidence: {source: mem1}}
+""",
+        kinds=KINDS,
+    )
+    src = cfg.sources["mem1"]
+    assert (src.interval, src.timeout, src.kind) == (300, 30, "memory")
+    assert 0 < src.jitter <= 30
+    job = cfg.jobs["ha-daily"]
+    assert (job.grace, job.timezone, dict(job.evidence)) == (
+        7200,
+        "Europe/Berlin",
+        {"source": "mem1"},
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        src.interval = 1  # type: ignore[misc]
+
+
+def test_every_problem_reported_once_with_its_path() -> None:
+    problems = problems_of(
+        """
+timezone: Mars/Olympus
+sources:
+  a: {kind: memory, interval: soon, value: "x"}
+  b: {kind: nosuch}
+  c: {interval: 5m}
+  d: {kind: memory, interval: 1m, timeout: 2m, colour: red}
+jobs:
+  j1: {schedule: "99 * * * *", evidence: {source: zzz}}
+  j2: {schedule: "21:00", grace: 1h, evidence: {source: a}, extra: 1}
+bogus: 1
+"""
+    )
+    joined = "\n".join(problems)
+    for expected in (
+        "timezone: unknown time zone 'Mars/Olympus'",
+        "sources.a.interval: invalid duration 'soon'",
+        "sources.a.value: must be a number",
+        "sources.b.kind: unknown kind 'nosuch'",
+        "sources.c.kind: missing",
+        "sources.d.timeout: must be shorter than interval",
+        "sources.d.colour: unknown key",
+        "jobs.j1.schedule:",
+        "jobs.j1.grace: missing",
+        "jobs.j1.evidence.source: no source named 'zzz'",
+        "jobs.j2.extra: unknown key",
+        "bogus: unknown key",
+    ):
+        assert expected in joined, f"{expected!r} not in:\n{joined}"
+    assert len(problems) == 12
+
+
+def test_invalid_yaml_names_the_line() -> None:
+    problems = problems_of("sources:\n  a: [unclosed\n")
+    assert problems[0].startswith("line ")
+
+
+def _secret_section(data: dict[str, object], tmp_path: Path) -> tuple[Section, list[str]]:
+    from exporter.config import Problems
+
+    problems = Problems()
+    return Section(data, "sources.pve1", problems, tmp_path), problems.items
+
+
+def test_secret_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CANARY_TOKEN", "canary-3f1c")
+    sec, problems = _secret_section({"token_secret": "${CANARY_TOKEN}"}, tmp_path)
+    secret = sec.secret("token_secret")
+    assert secret is not None
+    assert secret.reveal() == "canary-3f1c"
+    assert "canary" not in repr(secret) and "canary" not in str(secret)
+    (tmp_path / "pve.secret").write_text("from-file\n")
+    sec, problems = _secret_section({"token_secret_file": "pve.secret"}, tmp_path)
+    assert sec.secret("token_secret") == Secret("from-file")
+    assert problems == []
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({}, "sources.pve1.token_secret: missing"),
+        ({"token_secret": "${NOPE_NOT_SET}"}, "environment variable NOPE_NOT_SET is not set"),
+        ({"token_secret": "a", "token_secret_file": "f"}, "not both"),
+        ({"token_secret_file": "absent"}, "sources.pve1.token_secret_file: cannot read"),
+    ],
+)
+def test_secret_problems(data: dict[str, object], message: str, tmp_path: Path) -> None:
+    sec, problems = _secret_section(data, tmp_path)
+    assert sec.secret("token_secret") is None
+    assert any(message in p for p in problems), problems
