@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 
@@ -86,7 +86,9 @@ def evaluate(spec: JobSpec, evidence: Evidence, now: float) -> JobStatus:
     expected = _ts(sched.latest_at_or_before(at))
     next_start = sched.next_after(at).timestamp()
     success = evidence.last_success
-    due = _ts(sched.latest_at_or_before(datetime.fromtimestamp(now - spec.grace, UTC)))
+    # "Past the deadline" is strict: at exactly start + grace the run is still on time.
+    tick = timedelta(microseconds=1)
+    due = _ts(sched.latest_at_or_before(datetime.fromtimestamp(now - spec.grace, UTC) - tick))
     overdue = due is not None and (success is None or success < due)
     missed_start = False
     start_deadline = None
@@ -94,7 +96,9 @@ def evaluate(spec: JobSpec, evidence: Evidence, now: float) -> JobStatus:
         start_deadline = expected + spec.start_grace
         if evidence.tracks_start:
             due_start = _ts(
-                sched.latest_at_or_before(datetime.fromtimestamp(now - spec.start_grace, UTC))
+                sched.latest_at_or_before(
+                    datetime.fromtimestamp(now - spec.start_grace, UTC) - tick
+                )
             )
             started = evidence.last_start
             missed_start = (
