@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 
-from exporter.schedule import Schedule
+from exporter.schedule import NoNextStartError, Schedule
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class JobStatus:
     spec: JobSpec
     evidence: Evidence
     expected_start: float | None
-    next_start: float
+    next_start: float | None
     start_deadline: float | None
     finish_deadline: float | None
     overdue: bool
@@ -84,7 +84,10 @@ def evaluate(spec: JobSpec, evidence: Evidence, now: float) -> JobStatus:
     sched = spec.schedule
     at = datetime.fromtimestamp(now, UTC)
     expected = _ts(sched.latest_at_or_before(at))
-    next_start = sched.next_after(at).timestamp()
+    try:
+        next_start: float | None = sched.next_after(at).timestamp()
+    except NoNextStartError:  # a one-shot date in the past
+        next_start = None
     success = evidence.last_success
     # "Past the deadline" is strict: at exactly start + grace the run is still on time.
     tick = timedelta(microseconds=1)

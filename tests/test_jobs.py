@@ -152,3 +152,10 @@ def test_recovery_clears_overdue() -> None:
     assert evaluate(job, ev, at(2026, 2, 3, 4, 0)).overdue
     ev = Evidence(last_success=at(2026, 2, 3, 21, 30))
     assert not evaluate(job, ev, at(2026, 2, 3, 21, 31)).overdue
+
+
+def test_one_shot_date_in_the_past_has_no_next_start() -> None:
+    st = evaluate(spec("2015-10-21", 6 * H), Evidence(), at(2026, 2, 3, 12, 0))
+    assert st.next_start is None
+    assert st.expected_start is None
+    assert not st.overdue
