@@ -22,7 +22,7 @@ Sample exposition::
     backup_job_overdue{backup_job="vzdump-daily",source="pve1",vmid="100"} 0.0
     # HELP backup_job_finish_deadline_timestamp_seconds Expected start plus grace.
     # TYPE backup_job_finish_deadline_timestamp_seconds gauge
-    backup_job_finish_deadline_timestamp_seconds{backup_job="daily",source="pve1",vmid="100"} 1.7e+09
+    backup_job_finish_deadline_timestamp_seconds{backup_job="daily",source="pve1",vmid=""} 1.7e9
 """
 
 from __future__ import annotations
