@@ -1,0 +1,1 @@
+"""In-process fakes of the backed-up systems, for tests and the simulated homelab demo."""

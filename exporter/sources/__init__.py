@@ -10,7 +10,10 @@ from exporter.config import KindSpec, SourceConfig
 from exporter.sources.base import Source
 
 # One line per kind module; each defines ``SPEC: KindSpec`` and ``KIND: str``.
-_MODULES = ("exporter.sources.proxmox",)
+_MODULES = (
+    "exporter.sources.files",
+    "exporter.sources.proxmox",
+)
 
 
 @functools.cache
