@@ -13,6 +13,9 @@ from exporter.sources.base import Source
 _MODULES = (
     "exporter.sources.files",
     "exporter.sources.proxmox",
+    "exporter.sources.smartctl",
+    "exporter.sources.truenas",
+    "exporter.sources.zfs",
 )
 
 
