@@ -1,0 +1,337 @@
+"""A thin async JSON-RPC 2.0 client for the TrueNAS WebSocket API (``wss://HOST/api/current``).
+
+TrueNAS 25.04 introduced the versioned JSON-RPC 2.0 API over a WebSocket at ``/api/current``
+(api-shapes §2.0); the REST API is deprecated since 25.04 and gone in 26. Every request is an
+envelope ``{"jsonrpc": "2.0", "id": n, "method": ..., "params": [...]}`` answered by
+``{"id": n, "result": ...}`` or ``{"id": n, "error": {"code", "message", "data"}}`` (§2.1).
+Datetimes arrive in TrueNAS "ejson": ``{"$date": ms}``, ``{"$type": "date", "$value": ...}``,
+``{"$time": "HH:MM:SS"}`` and ``{"$set": [...]}``; :func:`decode_ejson` turns them into Python
+objects (aware UTC datetimes for ``$date``).
+
+Errors become :class:`~exporter.sources.base.FetchError` with a reason:
+
+* ``-32601`` method not found -> ``parse`` (:class:`MethodNotFoundError`, the API of this
+  version differs), ``-32602``/``-32600``/``-32700`` -> ``parse``;
+* ``-32001`` call error: ``EACCES``/``EPERM`` -> ``permission``, ``ENOTAUTHENTICATED`` ->
+  ``auth``, anything else -> ``http`` with ``data.reason``;
+* ``-32000`` (too many concurrent calls) and other codes -> ``http``;
+* TLS failures -> ``tls``; refused/reset connections -> ``connection``; a handshake answered
+  404 -> ``config`` (no JSON-RPC API: TrueNAS 24.10 and older only have the legacy ``/websocket``
+  and REST).
+
+**Plain ws:// is refused for API keys.** TrueNAS revokes an API key that logs in over a
+non-TLS connection and answers ``EXPIRED`` (api-shapes §2.1, "TRAP"), so
+:meth:`TrueNASClient.login_api_key` raises before sending anything when the URL is ``ws://``.
+Server messages are redacted of the key before they reach an error message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import ssl
+from collections.abc import Callable
+from datetime import UTC, date, datetime, time
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from exporter.sources.base import FetchError
+
+__all__ = [
+    "PLAIN_WS_REFUSAL",
+    "MethodNotFoundError",
+    "TrueNASClient",
+    "api_url",
+    "decode_ejson",
+]
+
+PLAIN_WS_REFUSAL = (
+    "refusing to send an API key over plain ws://: TrueNAS revokes an API key that is used "
+    "over an unencrypted connection (the key would stop working); use wss://"
+)
+
+#: Snapshot listings of a busy NAS are large; aiohttp's default frame limit is 4 MiB.
+MAX_MESSAGE_BYTES = 256 * 2**20
+
+_MAX_REASON = 300
+
+
+class MethodNotFoundError(FetchError):
+    """The server has no such method (JSON-RPC ``-32601``); this TrueNAS version lacks it."""
+
+    def __init__(self, method: str) -> None:
+        super().__init__("parse", f"TrueNAS has no method {method} (API version mismatch)")
+        self.method = method
+
+
+def decode_ejson(obj: dict[str, Any]) -> Any:
+    """Decode one TrueNAS ejson object (a ``json.loads`` ``object_hook``)."""
+    if len(obj) == 1:
+        if "$date" in obj:
+            ms = obj["$date"]
+            if isinstance(ms, (int, float)) and not isinstance(ms, bool):
+                return datetime.fromtimestamp(ms / 1000, UTC)
+        elif "$time" in obj:
+            text = obj["$time"]
+            if isinstance(text, str):
+                with contextlib.suppress(ValueError):
+                    return time.fromisoformat(text)
+        elif "$set" in obj:
+            items = obj["$set"]
+            if isinstance(items, list):
+                try:
+                    return set(items)
+                except TypeError:  # unhashable members (dicts): keep the list
+                    return items
+    elif len(obj) == 2 and obj.get("$type") == "date" and isinstance(obj.get("$value"), str):
+        with contextlib.suppress(ValueError):
+            return date.fromisoformat(obj["$value"])
+    return obj
+
+
+def api_url(url: str) -> URL:
+    """Normalise a URL: ``https``/``http`` become ``wss``/``ws``, no path means ``/api/current``."""
+    parsed = URL(url)
+    scheme = {"https": "wss", "http": "ws"}.get(parsed.scheme, parsed.scheme)
+    if scheme not in ("ws", "wss") or not parsed.host:
+        raise ValueError(f"invalid TrueNAS URL {url!r} (expected wss://host[:port])")
+    path = parsed.path if parsed.path not in ("", "/") else "/api/current"
+    return parsed.with_scheme(scheme).with_path(path).with_query(None).with_fragment(None)
+
+
+class TrueNASClient:
+    """One WebSocket connection: sequential JSON-RPC calls with ids; use as ``async with``.
+
+    ``on_call`` is called with each method name before it is sent (the source counts API
+    calls with it). Calls are sequential: the exporter makes a handful per poll, and one
+    outstanding call at a time keeps far below TrueNAS's 20-calls-per-connection limit.
+    """
+
+    def __init__(
+        self,
+        url: str | URL,
+        *,
+        ssl_context: ssl.SSLContext | bool = True,
+        on_call: Callable[[str], None] | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+    ) -> None:
+        self.url = url if isinstance(url, URL) else api_url(url)
+        self._ssl = ssl_context
+        self._on_call = on_call
+        self._max_message_bytes = max_message_bytes
+        self._ids = itertools.count(1)
+        self._session: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._secrets: list[str] = []
+
+    @property
+    def plain(self) -> bool:
+        """Whether the connection is unencrypted (``ws://``)."""
+        return self.url.scheme == "ws"
+
+    @property
+    def where(self) -> str:
+        """``host:port`` for messages."""
+        return f"{self.url.host}:{self.url.port}"
+
+    async def __aenter__(self) -> TrueNASClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Open the WebSocket; raise :class:`FetchError` when that fails."""
+        self._session = aiohttp.ClientSession()
+        ssl_arg: ssl.SSLContext | bool = self._ssl if self.url.scheme == "wss" else False
+        try:
+            self._ws = await self._session.ws_connect(
+                self.url,
+                ssl=ssl_arg,
+                max_msg_size=self._max_message_bytes,
+                autoping=True,
+                # A hung server must not stall shutdown: the close handshake waits at most 2 s.
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0),
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            await self.close()
+            raise self._handshake_error(exc.status) from None
+        except aiohttp.ClientConnectorCertificateError as exc:
+            await self.close()
+            raise FetchError(
+                "tls",
+                f"certificate of {self.where} not trusted ({exc.certificate_error}); "
+                "set ca_file to the TrueNAS certificate (or verify_tls: false)",
+            ) from None
+        except aiohttp.ClientSSLError as exc:
+            await self.close()
+            raise FetchError("tls", f"TLS handshake with {self.where} failed: {exc}") from None
+        except aiohttp.ClientConnectorError as exc:
+            await self.close()
+            why = exc.os_error.strerror or type(exc.os_error).__name__
+            raise FetchError("connection", f"cannot connect to {self.where}: {why}") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            await self.close()
+            raise FetchError(
+                "connection", f"cannot connect to {self.where}: {type(exc).__name__}"
+            ) from None
+
+    def _handshake_error(self, status: int) -> FetchError:
+        if status == 404:
+            return FetchError(
+                "config",
+                f"{self.url.path} on {self.where} has no JSON-RPC API (HTTP 404): TrueNAS "
+                "24.10 and older offer only the legacy /websocket and REST APIs; "
+                "this exporter needs TrueNAS 25.04 or newer",
+            )
+        if status in (401, 403):
+            return FetchError("auth", f"{self.where} refused the WebSocket (HTTP {status})")
+        return FetchError("http", f"WebSocket handshake with {self.where} failed: HTTP {status}")
+
+    async def close(self) -> None:
+        """Close the connection (idempotent, never raises)."""
+        ws, self._ws = self._ws, None
+        session, self._session = self._session, None
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                await ws.close()
+        if session is not None:
+            await session.close()
+
+    def _redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text[:_MAX_REASON]
+
+    async def call(self, method: str, *params: Any) -> Any:
+        """Call ``method`` and return its decoded ``result``; raise :class:`FetchError`."""
+        ws = self._ws
+        if ws is None:
+            raise FetchError("connection", f"not connected to {self.where}")
+        call_id = next(self._ids)
+        envelope = {"jsonrpc": "2.0", "id": call_id, "method": method, "params": list(params)}
+        if self._on_call is not None:
+            self._on_call(method)
+        try:
+            await ws.send_str(json.dumps(envelope))
+        except (aiohttp.ClientError, ConnectionError, RuntimeError):
+            raise FetchError(
+                "connection", f"{self.where} closed the connection before {method}"
+            ) from None
+        while True:
+            msg = await ws.receive()
+            if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                answer = self._decode(msg.data, method)
+                if not isinstance(answer, dict) or answer.get("id") != call_id:
+                    continue  # a notification or a stale answer
+                return self._result(answer, method)
+            if msg.type == aiohttp.WSMsgType.ERROR:
+                raise FetchError("connection", f"WebSocket error while calling {method}")
+            raise FetchError("connection", f"{self.where} closed the connection during {method}")
+
+    def _decode(self, data: str | bytes, method: str) -> Any:
+        try:
+            return json.loads(data, object_hook=decode_ejson)
+        except (ValueError, RecursionError):
+            raise FetchError("parse", f"TrueNAS sent invalid JSON in answer to {method}") from None
+
+    def _result(self, answer: dict[str, Any], method: str) -> Any:
+        if "error" in answer and answer["error"] is not None:
+            raise self._error(answer["error"], method)
+        if "result" not in answer:
+            raise FetchError("parse", f"answer to {method} has neither result nor error")
+        return answer["result"]
+
+    def _error(self, error: Any, method: str) -> FetchError:
+        if not isinstance(error, dict):
+            return FetchError("parse", f"malformed error object in answer to {method}")
+        code = error.get("code")
+        message = self._redact(str(error.get("message") or ""))
+        data = error.get("data") if isinstance(error.get("data"), dict) else {}
+        assert isinstance(data, dict)
+        reason = self._redact(str(data.get("reason") or message or "no reason given"))
+        errname = str(data.get("errname") or "")
+        errno_ = data.get("error")
+        if code == -32601:
+            return MethodNotFoundError(method)
+        if code in (-32700, -32600, -32602):
+            return FetchError("parse", f"TrueNAS rejected the call {method}: {reason}")
+        if code == -32001:
+            if errname == "ENOTAUTHENTICATED":
+                return FetchError("auth", f"not authenticated for {method}: {reason}")
+            if errname in ("EACCES", "EPERM") or errno_ in (1, 13):
+                return FetchError(
+                    "permission",
+                    f"not allowed to call {method}: {reason} (give the API user's privilege "
+                    "the READONLY_ADMIN role)",
+                )
+            return FetchError("http", f"{method} failed: {reason}")
+        if code == -32000:
+            return FetchError("http", f"{method}: TrueNAS is busy (too many concurrent calls)")
+        return FetchError("http", f"{method} failed with JSON-RPC error {code}: {reason}")
+
+    async def login_api_key(self, api_key: str, *, username: str = "") -> None:
+        """Authenticate with an API key.
+
+        ``auth.login_ex`` (API_KEY_PLAIN) is used when a username is given and the server has
+        it, else ``auth.login_with_api_key``.
+
+        Raises ``FetchError("config")`` *before sending anything* on a plain ``ws://`` URL.
+        """
+        if self.plain:
+            raise FetchError("config", PLAIN_WS_REFUSAL)
+        self._secrets.append(api_key)
+        if username:
+            try:
+                answer = await self.call(
+                    "auth.login_ex",
+                    {
+                        "mechanism": "API_KEY_PLAIN",
+                        "username": username,
+                        "api_key": api_key,
+                        "login_options": {"user_info": False},
+                    },
+                )
+            except MethodNotFoundError:
+                pass  # older than 25.04: only the legacy key login exists
+            else:
+                _check_login_ex(answer, username)
+                return
+        ok = await self.call("auth.login_with_api_key", api_key)
+        if ok is not True:
+            raise FetchError(
+                "auth", "TrueNAS rejected the API key (auth.login_with_api_key returned false)"
+            )
+
+
+def _check_login_ex(answer: Any, username: str) -> None:
+    if not isinstance(answer, dict):
+        raise FetchError("parse", "auth.login_ex answered something other than an object")
+    kind = answer.get("response_type")
+    if kind == "SUCCESS":
+        return
+    messages = {
+        "AUTH_ERR": f"TrueNAS rejected the API key for user {username!r} (AUTH_ERR)",
+        "EXPIRED": (
+            f"the API key of user {username!r} is expired or revoked (EXPIRED); TrueNAS "
+            "also revokes keys that were once used over plain ws://"
+        ),
+        "OTP_REQUIRED": (
+            f"user {username!r} needs a one-time password (OTP_REQUIRED); use a dedicated "
+            "user without two-factor authentication for the exporter"
+        ),
+        "REDIRECT": "TrueNAS redirects the login (REDIRECT): point url at the active controller",
+    }
+    raise FetchError(
+        "auth", messages.get(str(kind), f"unexpected auth.login_ex response_type {kind!r}")
+    )
