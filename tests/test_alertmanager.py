@@ -1,0 +1,315 @@
+"""deploy/alertmanager.yml: amtool checks, routing per severity and Watchdog, inhibition.
+
+Routing is tested with ``amtool config routes test``. Inhibition has no amtool test, so one
+test starts the real Alertmanager on 127.0.0.1 with this config whose receivers are stripped
+of their integrations (nothing is ever sent anywhere), posts alerts through the v2 API and
+reads back which ones are inhibited.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from test_alerts import alert_rules, require_tool, run
+
+CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "alertmanager.yml"
+RECEIVER_BY_SEVERITY = {"critical": "pager", "warning": "notify", "info": "null"}
+WATCHDOG_RECEIVER = "deadmansswitch"
+
+
+def load_config() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(CONFIG.read_text(encoding="utf-8"))
+    return data
+
+
+def local_config(config: dict[str, Any], webhook_url: str | None = None) -> dict[str, Any]:
+    """The config with every receiver's integrations replaced (for running it in tests).
+
+    Routes and inhibit rules stay as they are. With ``webhook_url`` (a 127.0.0.1 test
+    receiver) every receiver posts there with ``send_resolved``; without it, receivers
+    have no integrations and notify nobody.
+    """
+    local = copy.deepcopy(config)
+    local.pop("global", None)  # SMTP settings only matter to email integrations
+    receivers = []
+    for receiver in local["receivers"]:
+        stripped: dict[str, Any] = {"name": receiver["name"]}
+        if webhook_url is not None:
+            stripped["webhook_configs"] = [{"url": webhook_url, "send_resolved": True}]
+        receivers.append(stripped)
+    local["receivers"] = receivers
+    return local
+
+
+def route(*labels: str) -> subprocess.CompletedProcess[str]:
+    amtool = require_tool("amtool")
+    return run(amtool, "config", "routes", "test", f"--config.file={CONFIG}", *labels)
+
+
+def verify(receiver: str, *labels: str) -> subprocess.CompletedProcess[str]:
+    amtool = require_tool("amtool")
+    return run(
+        amtool,
+        "config",
+        "routes",
+        "test",
+        f"--config.file={CONFIG}",
+        f"--verify.receivers={receiver}",
+        *labels,
+    )
+
+
+def test_amtool_check_config() -> None:
+    amtool = require_tool("amtool")
+    result = run(amtool, "check-config", str(CONFIG))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("labels", "receiver"),
+    [
+        (["alertname=BackupPoolUnhealthy", "severity=critical", "source=nas"], "pager"),
+        (["alertname=BackupJobOverdue", "severity=warning", "source=pve1"], "notify"),
+        (["alertname=BackupSourceDown", "severity=info", "source=nas"], "null"),
+        (["alertname=BackupWatchdog", "severity=info"], WATCHDOG_RECEIVER),
+        (["alertname=SomethingElse"], "email"),  # no severity: still reaches someone
+    ],
+)
+def test_routes(labels: list[str], receiver: str) -> None:
+    result = verify(receiver, *labels)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert route(*labels).stdout.strip() == receiver
+
+
+def test_route_verification_can_fail() -> None:
+    """--verify.receivers rejects a wrong receiver (so the cases above can fail)."""
+    result = verify("null", "alertname=BackupPoolUnhealthy", "severity=critical")
+    assert result.returncode != 0
+
+
+def test_every_alert_reaches_the_receiver_of_its_severity() -> None:
+    seen = set()
+    for rule in alert_rules():
+        name, severity = rule["alert"], rule["labels"]["severity"]
+        if (name, severity) in seen:
+            continue
+        seen.add((name, severity))
+        expected = WATCHDOG_RECEIVER if name == "BackupWatchdog" else RECEIVER_BY_SEVERITY[severity]
+        labels = [f"alertname={name}", f"severity={severity}", "source=nas"]
+        assert route(*labels).stdout.strip() == expected, name
+
+
+def test_watchdog_route_pings_the_dead_mans_switch_every_minute() -> None:
+    config = load_config()
+    routes = [r for r in config["route"]["routes"] if r["receiver"] == WATCHDOG_RECEIVER]
+    assert len(routes) == 1
+    assert routes[0]["matchers"] == ['alertname="BackupWatchdog"']
+    assert routes[0]["group_wait"] == "0s"
+    assert routes[0]["repeat_interval"] == "1m"
+    assert routes[0]["group_interval"] == "1m"
+    # First in the tree: no severity route can swallow it.
+    assert config["route"]["routes"][0] is routes[0]
+    (receiver,) = [r for r in config["receivers"] if r["name"] == WATCHDOG_RECEIVER]
+    (hook,) = receiver["webhook_configs"]
+    assert hook["url"] == "https://hc-ping.com/<your-uuid>"  # a placeholder, never contacted
+    assert hook["send_resolved"] is False
+
+
+def test_example_receivers_cover_webhook_email_and_ntfy() -> None:
+    receivers = {r["name"]: r for r in load_config()["receivers"]}
+    assert "webhook_configs" in receivers["pager"]
+    assert "email_configs" in receivers["pager"]
+    assert any("ntfy" in hook["url"] for hook in receivers["notify"]["webhook_configs"])
+    assert "email_configs" in receivers["notify"]
+    assert set(receivers["null"]) == {"name"}
+
+
+def test_staleness_alerts_are_inhibited_by_their_source_being_down() -> None:
+    rules = load_config()["inhibit_rules"]
+    assert {
+        "source_matchers": ['alertname="BackupSourceDown"'],
+        "target_matchers": ['staleness="true"'],
+        "equal": ["source"],
+    } in rules
+    # The inhibiting alert exists and carries the `source` label (from backup_source_up).
+    down = [r for r in alert_rules() if r["alert"] == "BackupSourceDown"]
+    assert down
+    assert all("backup_source_up" in r["expr"] for r in down)
+
+
+# --------------------------------------------------------------------------------------
+# Live inhibition with the real Alertmanager (127.0.0.1, integrations stripped)
+# --------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _http(url: str, body: Any = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        text = response.read().decode()
+    return json.loads(text) if text.strip().startswith(("[", "{")) else text
+
+
+def _poll(fetch: Any, done: Any, *, timeout: float = 15.0) -> Any:
+    """Call ``fetch`` until ``done(result)`` or the timeout; return the last result."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = fetch()
+        except OSError:  # not listening yet
+            result = None
+        if done(result) or time.monotonic() > deadline:
+            return result
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path) -> Iterator[str]:
+    binary = require_tool("prometheus-alertmanager")
+    config = tmp_path / "alertmanager.yml"
+    config.write_text(yaml.safe_dump(local_config(load_config())))
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",  # no gossip port on 0.0.0.0
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        ready = _poll(lambda: proc.poll() is None and _http(f"{url}/-/ready"), bool)
+        assert ready, "Alertmanager did not become ready"
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def _alert(**labels: str) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    return {
+        "labels": labels,
+        "annotations": {"summary": "test."},
+        "startsAt": now.isoformat(),
+        "endsAt": (now + timedelta(hours=1)).isoformat(),
+    }
+
+
+@pytest.mark.e2e
+def test_inhibition_in_the_real_alertmanager(alertmanager: str) -> None:
+    stale = {"staleness": "true", "severity": "warning"}
+    alerts = {
+        "nas down": _alert(alertname="BackupSourceDown", severity="info", source="nas"),
+        "nas snapshot": _alert(alertname="BackupSnapshotTooOld", source="nas", **stale),
+        "nas sync overdue": _alert(
+            alertname="BackupJobOverdue", source="nas", backup_job="b2-daily", **stale
+        ),
+        "pve1 overdue": _alert(
+            alertname="BackupJobOverdue",
+            source="pve1",
+            backup_job="vzdump-daily",
+            vmid="100",
+            **stale,
+        ),
+        "pve1 failed": _alert(
+            alertname="BackupJobFailed",
+            source="pve1",
+            backup_job="vzdump-daily",
+            vmid="100",
+            severity="warning",
+        ),
+        "pve1 101 overdue": _alert(
+            alertname="BackupJobOverdue",
+            source="pve1",
+            backup_job="vzdump-daily",
+            vmid="101",
+            **stale,
+        ),
+        "nas pool": _alert(alertname="BackupPoolUnhealthy", severity="critical", source="nas"),
+        "b2 denied": _alert(
+            alertname="BackupSourcePermissionDenied",
+            severity="critical",
+            source="b2",
+            reason="auth",
+        ),
+        "b2 down": _alert(alertname="BackupSourceDown", severity="info", source="b2"),
+        "storj down long": _alert(alertname="BackupSourceDown", severity="warning", source="storj"),
+        "storj down": _alert(alertname="BackupSourceDown", severity="info", source="storj"),
+    }
+    _http(f"{alertmanager}/api/v2/alerts", list(alerts.values()))
+
+    def states() -> dict[str, str] | None:
+        got = _http(f"{alertmanager}/api/v2/alerts")
+        by_labels = {json.dumps(a["labels"], sort_keys=True): a["status"] for a in got}
+        out = {}
+        for key, alert in alerts.items():
+            status = by_labels.get(json.dumps(alert["labels"], sort_keys=True))
+            if status is None:
+                return None
+            out[key] = "inhibited" if status["inhibitedBy"] else status["state"]
+        return out
+
+    expected = {
+        # a down source hides its own staleness alerts, nothing else
+        "nas down": "active",
+        "nas snapshot": "inhibited",
+        "nas sync overdue": "inhibited",
+        "nas pool": "active",
+        # a failed run explains the overdue job; another guest's job stays visible
+        "pve1 failed": "active",
+        "pve1 overdue": "inhibited",
+        "pve1 101 overdue": "active",
+        # rejected credentials say more than "down"
+        "b2 denied": "active",
+        "b2 down": "inhibited",
+        # the warning stage of an alert hides its info stage
+        "storj down long": "active",
+        "storj down": "inhibited",
+    }
+    assert _poll(states, lambda got: got == expected) == expected
+
+
+def test_local_config_keeps_routes_and_inhibitions(tmp_path: Path) -> None:
+    config = load_config()
+    local = local_config(config, "http://127.0.0.1:1/hook")
+    assert local["route"] == config["route"]
+    assert local["inhibit_rules"] == config["inhibit_rules"]
+    assert [r["name"] for r in local["receivers"]] == [r["name"] for r in config["receivers"]]
+    text = yaml.safe_dump(local)
+    assert "example.org" not in text
+    assert "hc-ping.com" not in text
+    assert "ntfy.sh" not in text
+    path = tmp_path / "local.yml"
+    path.write_text(text)
+    result = run(require_tool("amtool"), "check-config", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
