@@ -8,7 +8,6 @@ reads back which ones are inhibited.
 
 from __future__ import annotations
 
-import copy
 import json
 import socket
 import subprocess
@@ -23,6 +22,8 @@ import pytest
 import yaml
 from test_alerts import alert_rules, require_tool, run
 
+from exporter.stack import local_alertmanager_config
+
 CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "alertmanager.yml"
 RECEIVER_BY_SEVERITY = {"critical": "pager", "warning": "notify", "info": "null"}
 WATCHDOG_RECEIVER = "deadmansswitch"
@@ -31,25 +32,6 @@ WATCHDOG_RECEIVER = "deadmansswitch"
 def load_config() -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load(CONFIG.read_text(encoding="utf-8"))
     return data
-
-
-def local_config(config: dict[str, Any], webhook_url: str | None = None) -> dict[str, Any]:
-    """The config with every receiver's integrations replaced (for running it in tests).
-
-    Routes and inhibit rules stay as they are. With ``webhook_url`` (a 127.0.0.1 test
-    receiver) every receiver posts there with ``send_resolved``; without it, receivers
-    have no integrations and notify nobody.
-    """
-    local = copy.deepcopy(config)
-    local.pop("global", None)  # SMTP settings only matter to email integrations
-    receivers = []
-    for receiver in local["receivers"]:
-        stripped: dict[str, Any] = {"name": receiver["name"]}
-        if webhook_url is not None:
-            stripped["webhook_configs"] = [{"url": webhook_url, "send_resolved": True}]
-        receivers.append(stripped)
-    local["receivers"] = receivers
-    return local
 
 
 def route(*labels: str) -> subprocess.CompletedProcess[str]:
@@ -186,7 +168,7 @@ def _poll(fetch: Any, done: Any, *, timeout: float = 15.0) -> Any:
 def alertmanager(tmp_path: Path) -> Iterator[str]:
     binary = require_tool("prometheus-alertmanager")
     config = tmp_path / "alertmanager.yml"
-    config.write_text(yaml.safe_dump(local_config(load_config())))
+    config.write_text(yaml.safe_dump(local_alertmanager_config(None)))
     port = _free_port()
     proc = subprocess.Popen(
         [
@@ -301,7 +283,7 @@ def test_inhibition_in_the_real_alertmanager(alertmanager: str) -> None:
 
 def test_local_config_keeps_routes_and_inhibitions(tmp_path: Path) -> None:
     config = load_config()
-    local = local_config(config, "http://127.0.0.1:1/hook")
+    local = local_alertmanager_config("http://127.0.0.1:1/hook")
     assert local["route"] == config["route"]
     assert local["inhibit_rules"] == config["inhibit_rules"]
     assert [r["name"] for r in local["receivers"]] == [r["name"] for r in config["receivers"]]

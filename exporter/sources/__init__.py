@@ -11,7 +11,9 @@ from exporter.sources.base import Source
 
 # One line per kind module; each defines ``SPEC: KindSpec`` and ``KIND: str``.
 _MODULES = (
+    "exporter.sources.b2",
     "exporter.sources.files",
+    "exporter.sources.s3",
     "exporter.sources.proxmox",
     "exporter.sources.smartctl",
     "exporter.sources.truenas",
