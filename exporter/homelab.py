@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import socket
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
@@ -191,6 +192,13 @@ def config_document(lab: dict[str, Any], *, secrets: Path) -> dict[str, Any]:
                 "timeout": "20s",
                 "cloudsync_grace": {"B2 daily": "8h", "Storj weekly": "12h"},
             },
+            "smart": {
+                "kind": "smartctl",
+                # The fake smartctl runs through the prefix, as a real one would through ssh.
+                "command_prefix": [sys.executable, "-m", "exporter.fakes.smartctl"],
+                "interval": "5m",
+                "timeout": "60s",
+            },
             "ha-backups": {
                 "kind": "files",
                 "path": lab["ha_dir"],
@@ -234,6 +242,11 @@ def config_document(lab: dict[str, Any], *, secrets: Path) -> dict[str, Any]:
                 "grace": "2h",
                 "evidence": {"source": "ha-backups"},
             },
+            "smart-long": {
+                "schedule": "Mon,Wed..Sun *-*-01 02:30",
+                "grace": "1d",
+                "evidence": {"source": "smart", "test": "long"},
+            },
             "b2-immich": {
                 "schedule": "30 1 * * *",
                 "grace": "8h",
@@ -263,8 +276,9 @@ async def start_homelab(
     """Start every fake on 127.0.0.1 and write the exporter config into ``workdir``.
 
     ``healthy=True`` fixes the problems the reference homelab has (guest 101 covered by no job;
-    14 × the newest archive does not fit in 150 GiB; a failed SMART self-test on ``sdb``) so
-    that nothing but the Watchdog alerts: the end-to-end test breaks one thing at a time from there.
+    14 × the newest archive does not fit in the 150 GiB storage and quota; a failed SMART
+    self-test on ``sdb``) so that nothing but the Watchdog alerts: the end-to-end test breaks
+    one thing at a time from there.
     ``ports`` optionally fixes the PVE, TrueNAS and S3 ports (the demo uses stable ones).
     """
     workdir.mkdir(parents=True, exist_ok=True)
@@ -282,6 +296,9 @@ async def start_homelab(
         # The reference disk sdb's newest short self-test failed; in the healthy lab it passed.
         for disk in nas.disks:
             disk.tests = [t for t in disk.tests if t.get("status") != "FAILED"]
+        for dataset in nas.datasets:
+            if dataset.quota:
+                dataset.quota = 500 * 2**30
     truenas = await start_fake_truenas(nas, port=truenas_port)
     b2_sim, b2_key = _seed_b2(now)
     moto_port = moto_port or _free_port()

@@ -146,7 +146,9 @@ def _start(name: str, argv: list[str], log: Path, url: str) -> Daemon:
     return Daemon(name=name, process=process, url=url, log=log)
 
 
-async def start_prometheus(workdir: Path, *, port: int, config: dict[str, Any]) -> Daemon:
+async def start_prometheus(
+    workdir: Path, *, port: int, config: dict[str, Any], extra_args: Iterable[str] = ()
+) -> Daemon:
     """Start Prometheus on 127.0.0.1:``port`` with ``config``; wait until it is ready."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_file = workdir / "prometheus.yml"
@@ -158,6 +160,7 @@ async def start_prometheus(workdir: Path, *, port: int, config: dict[str, Any]) 
             f"--config.file={config_file}",
             f"--storage.tsdb.path={workdir / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}",
+            *extra_args,
         ],
         workdir / "prometheus.log",
         f"http://127.0.0.1:{port}",

@@ -183,7 +183,8 @@ async def test_once_poll_renders_the_fakes_values(
             "transfer_mode": "SYNC",
         }
         assert got[key("backup_cloudsync_info", **lab, **info)] == 1
-    assert key("backup_cloudsync_last_failure_timestamp_seconds", task="B2 daily") not in got
+    # No failure seen: 0, so "failure newer than success" rules and panels always have a series.
+    assert got[key("backup_cloudsync_last_failure_timestamp_seconds", **lab)] == 0
 
     # Jobs: both cloud-sync tasks and the scrub task, none overdue.
     for job in ("cloudsync-b2-daily", "cloudsync-storj-weekly", "scrub-storage"):

@@ -827,7 +827,7 @@ class TrueNASSource(Source[TrueNASConfig, TrueNASSnapshot]):
         )
         failure = gauge(
             "last_failure_timestamp_seconds",
-            "End of the task's last failed or aborted run (newest seen).",
+            "End of the task's last failed or aborted run (newest seen; 0 = none seen).",
         )
         running = gauge("running", "1 while the task runs.")
         encrypted = gauge("encrypted", "1 when the task encrypts the remote copy.")
@@ -839,8 +839,7 @@ class TrueNASSource(Source[TrueNASConfig, TrueNASSnapshot]):
             values = [self.name, task.task]
             if task.last_success is not None:
                 success.add_metric(values, task.last_success)
-            if task.last_failure is not None:
-                failure.add_metric(values, task.last_failure)
+            failure.add_metric(values, task.last_failure or 0.0)
             running.add_metric(values, float(task.state == "RUNNING"))
             encrypted.add_metric(values, float(task.encrypted))
             enabled.add_metric(values, float(task.enabled))
