@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -249,3 +251,15 @@ async def test_every_dashboard_query_returns_data(stack: Stack) -> None:
         if not rows:
             empty.append(f"{uid}: {title}: {expr}")
     assert not empty, "\n".join(empty)
+
+
+async def test_readme_metric_list_matches_the_exposition(stack: Stack) -> None:
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    listed = set(re.findall(r"`(backup_[a-z0-9_]+)`", readme)) - {"backup_job"}  # a label
+    exported = {n for n in await exported_names(stack) if n.startswith("backup_")}
+    assert not exported - listed, f"exported but not in the README: {sorted(exported - listed)}"
+    # Only PBS storages verify archives; the homelab's NFS storage does not.
+    conditional = {"backup_pve_archive_last_verified"}
+    stale = sorted(listed - exported - conditional)
+    assert not stale, f"in the README but not exported: {stale}"
