@@ -7,7 +7,8 @@ import contextlib
 import html
 import logging
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 POLLERS = web.AppKey("pollers", list[Poller])
 COLLECTOR = web.AppKey("collector", SnapshotCollector)
 CLOCK = web.AppKey("clock", Clock)
+ZONE = web.AppKey("zone", ZoneInfo)
 
 
 def build_pollers(config: Config, *, clock: Clock) -> list[Poller]:
@@ -50,6 +52,7 @@ def create_app(
     app[POLLERS] = pollers
     app[COLLECTOR] = collector
     app[CLOCK] = clock
+    app[ZONE] = ZoneInfo(config.timezone)
     app.router.add_get("/metrics", make_aiohttp_handler(registry))
     app.router.add_get("/", _index)
     app.router.add_get("/-/healthy", _healthy)
@@ -85,10 +88,10 @@ async def _ready(request: web.Request) -> web.Response:
     return web.Response(text="OK\n")
 
 
-def _fmt_time(ts: float | None) -> str:
+def _fmt_time(ts: float | None, zone: ZoneInfo) -> str:
     if not ts:
         return "never"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromtimestamp(ts, zone).strftime("%Y-%m-%d %H:%M %Z")
 
 
 _PAGE = """<!doctype html>
@@ -113,7 +116,7 @@ Health: <a href="/-/healthy">/-/healthy</a>, <a href="/-/ready">/-/ready</a>.</p
 """
 
 
-def _source_row(p: Poller) -> str:
+def _source_row(p: Poller, zone: ZoneInfo) -> str:
     st = p.state
     if not st.polled:
         cls, status, detail = "warn", "waiting", ""
@@ -122,11 +125,11 @@ def _source_row(p: Poller) -> str:
     else:
         cls, status = "bad", "down"
         detail = f"{st.error.reason}: {st.error.message}" if st.error else ""
-    cells = (p.name, p.source.kind, status, _fmt_time(st.last_success), detail)
+    cells = (p.name, p.source.kind, status, _fmt_time(st.last_success, zone), detail)
     return f'<tr class="{cls}">' + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
 
 
-def _job_row(st: JobStatus) -> str:
+def _job_row(st: JobStatus, zone: ZoneInfo) -> str:
     spec = st.spec
     name = spec.name + (f" (vmid {spec.labels['vmid']})" if spec.labels.get("vmid") else "")
     if st.overdue:
@@ -141,20 +144,21 @@ def _job_row(st: JobStatus) -> str:
         name,
         spec.source,
         status,
-        _fmt_time(st.evidence.last_success),
-        _fmt_time(st.finish_deadline),
-        _fmt_time(st.next_start),
+        _fmt_time(st.evidence.last_success, zone),
+        _fmt_time(st.finish_deadline, zone),
+        _fmt_time(st.next_start, zone),
     )
     return f'<tr class="{cls}">' + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
 
 
 async def _index(request: web.Request) -> web.Response:
     statuses = request.app[COLLECTOR].job_statuses()
+    zone = request.app[ZONE]
     # Overdue and failed jobs first: the page answers "what needs me now?".
     statuses.sort(key=lambda s: (not s.overdue, not s.evidence.failed, s.spec.name))
     body = _PAGE.format(
         version=html.escape(__version__),
-        sources="\n".join(_source_row(p) for p in request.app[POLLERS]),
-        jobs="\n".join(_job_row(s) for s in statuses),
+        sources="\n".join(_source_row(p, zone) for p in request.app[POLLERS]),
+        jobs="\n".join(_job_row(s, zone) for s in statuses),
     )
     return web.Response(text=body, content_type="text/html")
