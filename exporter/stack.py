@@ -140,60 +140,42 @@ class Daemon:
                 self.process.wait()
 
 
-def _start(name: str, argv: list[str], log: Path, url: str) -> Daemon:
+async def _start(
+    name: str, exe: str, workdir: Path, *, port: int, config: dict[str, Any], args: list[str]
+) -> Daemon:
+    """Write ``config``, start ``exe`` on 127.0.0.1:``port`` and wait for ``/-/ready``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_file = workdir / f"{name}.yml"
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    log = workdir / f"{name}.log"
+    argv = [binary(exe), f"--config.file={config_file}", f"--web.listen-address=127.0.0.1:{port}"]
     with log.open("wb") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-    return Daemon(name=name, process=process, url=url, log=log)
+        # Popen returns at once; the daemon runs until Daemon.stop().
+        process = subprocess.Popen([*argv, *args], stdout=out, stderr=subprocess.STDOUT)  # noqa: ASYNC220
+    daemon = Daemon(name=name, process=process, url=f"http://127.0.0.1:{port}", log=log)
+    try:
+        await daemon.wait_ready("/-/ready")
+    except BaseException:
+        daemon.stop()
+        raise
+    return daemon
 
 
 async def start_prometheus(
     workdir: Path, *, port: int, config: dict[str, Any], extra_args: Iterable[str] = ()
 ) -> Daemon:
     """Start Prometheus on 127.0.0.1:``port`` with ``config``; wait until it is ready."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    config_file = workdir / "prometheus.yml"
-    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
-    daemon = _start(
-        "prometheus",
-        [
-            binary("prometheus"),
-            f"--config.file={config_file}",
-            f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            *extra_args,
-        ],
-        workdir / "prometheus.log",
-        f"http://127.0.0.1:{port}",
-    )
-    try:
-        await daemon.wait_ready("/-/ready")
-    except BaseException:
-        daemon.stop()
-        raise
-    return daemon
+    args = [f"--storage.tsdb.path={workdir / 'data'}", *extra_args]
+    return await _start("prometheus", "prometheus", workdir, port=port, config=config, args=args)
 
 
 async def start_alertmanager(workdir: Path, *, port: int, config: dict[str, Any]) -> Daemon:
     """Start Alertmanager on 127.0.0.1:``port`` (clustering off); wait until it is ready."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    config_file = workdir / "alertmanager.yml"
-    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
-    daemon = _start(
-        "alertmanager",
-        [
-            binary("prometheus-alertmanager"),
-            f"--config.file={config_file}",
-            f"--storage.path={workdir / 'am-data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            # An empty value disables clustering, which would otherwise bind 0.0.0.0:9094.
-            "--cluster.listen-address=",
-        ],
-        workdir / "alertmanager.log",
-        f"http://127.0.0.1:{port}",
+    args = [
+        f"--storage.path={workdir / 'am-data'}",
+        # An empty value disables clustering, which would otherwise bind 0.0.0.0:9094.
+        "--cluster.listen-address=",
+    ]
+    return await _start(
+        "alertmanager", "prometheus-alertmanager", workdir, port=port, config=config, args=args
     )
-    try:
-        await daemon.wait_ready("/-/ready")
-    except BaseException:
-        daemon.stop()
-        raise
-    return daemon
