@@ -69,6 +69,7 @@ async def run(workdir: Path, *, with_stack: bool) -> None:
             f"fake PVE      {lab.pve.url}  token {lab.pve.token_id}",
             f"fake TrueNAS  {lab.truenas.url}",
             f"S3 (Storj)    http://127.0.0.1:{lab.moto_port}",
+            f"Healthchecks  {lab.healthchecks.url}",
         ]
         if with_stack:
             try:

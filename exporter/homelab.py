@@ -32,6 +32,8 @@ from moto.server import ThreadedMotoServer
 
 from exporter.clock import Clock
 from exporter.config import Config, parse_config
+from exporter.fakes.healthchecks import FakeHealthchecks, start_fake_healthchecks
+from exporter.fakes.healthchecks import homelab as healthchecks_homelab
 from exporter.fakes.pve import FakePVE, PVEScenario, start_fake_pve
 from exporter.fakes.pve import homelab as pve_homelab
 from exporter.fakes.truenas import FakeTrueNAS, TrueNASScenario, start_fake_truenas
@@ -74,6 +76,7 @@ class Homelab:
     workdir: Path
     pve: FakePVE
     truenas: FakeTrueNAS
+    healthchecks: FakeHealthchecks
     b2_sim: RawSimulator
     b2_key: tuple[str, str]
     moto: ThreadedMotoServer
@@ -116,6 +119,7 @@ class Homelab:
         self._stopped = True
         await self.pve.stop()
         await self.truenas.stop()
+        await self.healthchecks.stop()
         self.moto.stop()
 
 
@@ -198,6 +202,13 @@ def config_document(lab: dict[str, Any], *, secrets: Path) -> dict[str, Any]:
                 "command_prefix": [sys.executable, "-m", "exporter.fakes.smartctl"],
                 "interval": "5m",
                 "timeout": "60s",
+            },
+            "healthchecks": {
+                "kind": "healthchecks",
+                "url": lab["hc_url"],
+                "api_key_file": str(secrets / "healthchecks.key"),
+                "interval": "1m",
+                "timeout": "20s",
             },
             "ha-backups": {
                 "kind": "files",
@@ -313,6 +324,8 @@ async def start_homelab(
     _write_secret(secrets / "truenas.key", truenas.api_key)
     _write_secret(secrets / "b2.key", b2_key[1])
     _write_secret(secrets / "storj.key", S3_SECRET_KEY)
+    hc = await start_fake_healthchecks(healthchecks_homelab(clock.time))
+    _write_secret(secrets / "healthchecks.key", hc.readonly_key)
     doc = config_document(
         {
             "pve_url": pve.url,
@@ -324,6 +337,7 @@ async def start_homelab(
             "ha_dir": str(ha_dir),
             "b2_key_id": b2_key[0],
             "s3_endpoint": f"http://127.0.0.1:{moto_port}",
+            "hc_url": hc.url,
         },
         secrets=secrets,
     )
@@ -335,6 +349,7 @@ async def start_homelab(
         workdir=workdir,
         pve=pve,
         truenas=truenas,
+        healthchecks=hc,
         b2_sim=b2_sim,
         b2_key=b2_key,
         moto=moto,

@@ -172,10 +172,10 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
         )
 
         async def every_source_up_in_prometheus() -> bool:
-            rows = await stack.query("min(backup_source_up) and count(backup_source_up) == 6")
+            rows = await stack.query("min(backup_source_up) and count(backup_source_up) == 7")
             return bool(rows) and float(rows[0]["value"][1]) == 1
 
-        await wait_until(every_source_up_in_prometheus, "all six sources up in Prometheus")
+        await wait_until(every_source_up_in_prometheus, "all seven sources up in Prometheus")
         yield stack
     finally:
         for daemon in reversed(daemons):

@@ -13,6 +13,7 @@ from exporter.sources.base import Source
 _MODULES = (
     "exporter.sources.b2",
     "exporter.sources.files",
+    "exporter.sources.healthchecks",
     "exporter.sources.s3",
     "exporter.sources.proxmox",
     "exporter.sources.smartctl",
