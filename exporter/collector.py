@@ -51,6 +51,17 @@ def config_job_specs(jobs: Mapping[str, JobConfig]) -> list[JobSpec]:
     ]
 
 
+CACHED_NOTE = " (Cached: sources are polled in the background, see backup_source_*.)"
+
+
+def _noted(families: Iterable[Metric]) -> Iterator[Metric]:
+    """Say in HELP that values come from the last poll, as the exporter guide asks."""
+    for family in families:
+        if not family.documentation.endswith(CACHED_NOTE):
+            family.documentation += CACHED_NOTE
+        yield family
+
+
 class SnapshotCollector:
     """A prometheus_client collector over the pollers' latest snapshots."""
 
@@ -89,11 +100,14 @@ class SnapshotCollector:
             if snapshot is None:
                 continue
             try:
-                yield from poller.source.render(snapshot)
+                families = list(poller.source.render(snapshot))
             except Exception:
-                # A bug in one renderer must not take the whole scrape down.
+                # A bug in one renderer must not take the whole scrape down, nor leave half
+                # of that source's families in it.
                 log.exception("source=%s render failed", poller.name)
-        yield from render_jobs(self.job_statuses())
+                continue
+            yield from _noted(families)
+        yield from _noted(render_jobs(self.job_statuses()))
 
     def job_statuses(self) -> list[JobStatus]:
         """Evaluate every job (config and discovered) at the clock's now."""

@@ -111,3 +111,24 @@ async def test_pollers_start_with_app_and_stop_on_cleanup(aiohttp_client: Client
     assert [t for t in asyncio.all_tasks() if t.get_name() == "poll-mem"]
     await client.close()
     assert not [t for t in asyncio.all_tasks() if t.get_name() == "poll-mem"]
+
+
+async def test_a_broken_renderer_drops_only_its_own_source(
+    aiohttp_client: ClientFactory, caplog: Any
+) -> None:
+    good, bad = memory_source("good", value=2), memory_source("bad", value=3)
+
+    def half_then_crash(snapshot: Any) -> Any:
+        yield from type(bad).render(bad, snapshot)
+        raise RuntimeError("renderer bug")
+
+    bad.render = half_then_crash  # type: ignore[method-assign]
+    pollers = [Poller(good, clock=FakeClock()), Poller(bad, clock=FakeClock())]
+    for p in pollers:
+        await p.poll_once()
+    client = await aiohttp_client(create_app(Config(), pollers=pollers, run_pollers=False))
+    text = await (await client.get("/metrics")).text()
+    assert 'backup_test_value{source="good"} 2.0' in text
+    assert 'source="bad"} 3.0' not in text, "no half-rendered source"
+    assert "Cached: sources are polled in the background" in text
+    assert any("render failed" in r.getMessage() for r in caplog.records)
