@@ -147,7 +147,14 @@ def scan(cfg: FilesConfig) -> FilesSnapshot:
 
 
 class FilesSource(Source[FilesConfig, FilesSnapshot]):
-    """Scans a directory glob in a worker thread."""
+    """Scans a directory glob in a worker thread.
+
+    Sample exposition::
+
+        # HELP backup_files Number of matching files.
+        # TYPE backup_files gauge
+        backup_files{source="ha-backups"} 14.0
+    """
 
     kind = KIND
 
