@@ -42,6 +42,7 @@ demo: venv
 
 bench: venv
 	$(BIN)/python bench/bucket_memory.py
+	$(BIN)/python bench/scrape_latency.py
 
 dashboards: venv
 	$(BIN)/python dashboards/generate.py

@@ -145,3 +145,25 @@ def test_secret_problems(data: dict[str, object], message: str, tmp_path: Path) 
     sec, problems = _secret_section(data, tmp_path)
     assert sec.secret("token_secret") is None
     assert any(message in p for p in problems), problems
+
+
+def test_only_configured_kinds_are_imported(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(f"sources:\n  ha: {{kind: files, path: {tmp_path}}}\n")
+    code = (
+        "import sys; from exporter.config import load_config; "
+        f"load_config({str(cfg)!r}); "
+        "print(sorted(m for m in ('b2sdk', 'boto3', 'proxmoxer') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_every_registered_kind_loads() -> None:
+    from exporter.sources import KIND_NAMES, kinds
+
+    for name in KIND_NAMES:
+        assert kinds()[name].build is not None
