@@ -568,8 +568,12 @@ def proxmox() -> dict[str, Any]:
             ),
             Col("Archives", f"sum by ({guest}) ({sel('backup_pve_archives')})"),
             Col(
-                "Retention target",
+                "Expected by now",
                 f"sum by ({guest}) ({sel('backup_pve_retention_expected_archives')})",
+            ),
+            Col(
+                "Retention target",
+                f"sum by ({guest}) ({sel('backup_pve_retention_target_archives')})",
             ),
             Col(
                 "Protected",
@@ -587,8 +591,9 @@ def proxmox() -> dict[str, Any]:
             ),
         ],
         description=(
-            "One row per guest (archives summed over storages). Archives below the retention "
-            "target mean failed runs or pruning that is too aggressive; far above, broken pruning."
+            "One row per guest (archives summed over storages). Archives below what the job "
+            "could have produced by now mean failed runs or pruning that is too aggressive; far "
+            "above the retention target, broken pruning."
         ),
         key=["source", "vmid"],
         labels=["name", "node", "guest_type"],
@@ -610,9 +615,12 @@ def proxmox() -> dict[str, Any]:
     b.bars(
         "Archives vs retention target",
         f"{sel('backup_pve_archives')}"
-        f" / on(source, storage, vmid) ({sel('backup_pve_retention_expected_archives')} > 0)",
+        f" / on(source, storage, vmid) ({sel('backup_pve_retention_target_archives')} > 0)",
         "{{vmid}} on {{storage}}",
-        description="Archives kept as a share of what the retention keeps (100% = on target).",
+        description=(
+            "Archives kept as a share of what the retention keeps (100% = on target; a guest "
+            "added recently grows toward it one run at a time)."
+        ),
         unit="percentunit",
         thresholds=_thresholds((None, "orange"), (1, "green"), (1.5, "red")),
         maximum=2,

@@ -56,6 +56,7 @@ EXPORTED = {
     "backup_pve_vzdump_last_success_timestamp_seconds",
     "backup_pve_vzdump_last_failure_timestamp_seconds",
     "backup_pve_retention_expected_archives",
+    "backup_pve_retention_target_archives",
     "backup_pve_retention_projected_bytes",
     "backup_zfs_dataset_used_bytes",
     "backup_zfs_dataset_available_bytes",

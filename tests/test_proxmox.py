@@ -38,6 +38,7 @@ from exporter.sources.proxmox import (
     guest_evidence,
     normalize_status,
     parse_retention,
+    retention_targets,
 )
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -210,6 +211,10 @@ async def test_metrics_have_the_scenarios_values(
     nas = scenario.storage("truenas-backups")
     newest = scenario.archives_of("truenas-backups", 100)[-1]
     lab = {"storage": "truenas-backups", "vmid": "100"}
+    assert got[key("backup_pve_retention_target_archives", **lab)] == keep_last
+    # 14 daily runs happened; today's 21:00 run is still inside its 6 h grace, but its archive
+    # is there, so it counts: the steady state does not dip to 13 every evening.
+    assert datetime.fromtimestamp(START, BERLIN).hour == 22
     assert got[key("backup_pve_retention_expected_archives", **lab)] == keep_last
     projected = got[key("backup_pve_retention_projected_bytes", storage="truenas-backups")]
     assert projected == keep_last * newest.size
@@ -260,8 +265,14 @@ async def test_pbs_verification_and_combined_retention(clock: FakeClock) -> None
     assert archives[0].verification == "failed"
     assert got[key("backup_pve_archive_last_verified", **lab)] == 1
     assert got[key("backup_pve_archives", **lab)] == len(archives) == 7
-    # keep-daily 7 + keep-weekly 4: the sum is the documented upper bound.
-    assert got[key("backup_pve_retention_expected_archives", **lab)] == 7 + 4
+    # keep-daily 7 + keep-weekly 4: the sum is the documented upper bound of the target...
+    assert got[key("backup_pve_retention_target_archives", **lab)] == 7 + 4
+    # ...but the job has only run 7 times (22:30 daily, all past their grace at 22:26): it
+    # cannot have left more archives than that yet.
+    runs = berlin_starts(22, 30, since=archives[0].ctime - 3600, until=START - 6 * 3600)
+    assert len(runs) == 7
+    assert got[key("backup_pve_retention_expected_archives", **lab)] == min(7 + 4, len(runs))
+    # The projection is the steady state: the full target.
     assert got[key("backup_pve_retention_projected_bytes", storage="pbs-offsite")] == (
         11 * archives[-1].size
     )
@@ -490,6 +501,80 @@ async def test_evidence_selector(fake: FakePVE, scenario: PVEScenario, clock: Fa
     assert on_local is not None
     assert on_local.last_success is None
     assert source.evidence(snapshot, {"source": "pve1", "vmid": "999"}) is None
+
+
+async def test_a_young_guest_expects_only_the_runs_so_far(
+    fake: FakePVE, scenario: PVEScenario, clock: FakeClock
+) -> None:
+    # web102 joins the keep-last 14 daily job now; VM 100 has been in it for 14 days.
+    scenario.guests.append(FakeGuest(102, "web102"))
+    scenario.job("backup-infra-daily").vmid = "100,102"
+    source = make_source(fake)
+    await good_poll(source, clock)  # the fake simulates runs lazily, from its last request on
+    young = {"storage": "truenas-backups", "vmid": "102"}
+    old = {"storage": "truenas-backups", "vmid": "100"}
+    grace = 6 * 3600
+
+    async def values() -> tuple[float, float, float, float]:
+        got = samples(exposition(source.render(await good_poll(source, clock))))
+        return (
+            got[key("backup_pve_archives", **young)],
+            got[key("backup_pve_retention_expected_archives", **young)],
+            got[key("backup_pve_retention_target_archives", **young)],
+            got[key("backup_pve_retention_expected_archives", **old)],
+        )
+
+    def due_runs() -> int:
+        # The 21:00 runs from the one that wrote web102's oldest archive (its dump starts a
+        # few minutes into the run) to the last one whose 6 h grace has passed.
+        oldest = scenario.archives_of("truenas-backups", 102)[0].ctime
+        return len(berlin_starts(21, 0, since=oldest - 3600, until=clock.time() - grace))
+
+    # Four nightly runs later, at 04:00, past the last run's grace: its first archive is more
+    # than 3 days old.
+    clock.advance(until_berlin(clock.time(), hour=4, minute=0) + 4 * 86400)
+    archives, expected, target, old_expected = await values()
+    first = scenario.archives_of("truenas-backups", 102)[0].ctime
+    assert clock.time() - first > 3 * 86400
+    assert due_runs() == 4
+    assert (archives, expected, target) == (4, due_runs(), 14)
+    assert not archives < expected  # BackupPveArchivesBelowRetention's condition
+    assert old_expected == 14  # VM 100's oldest archive is 14 runs old
+    # The projection still uses the full keep-last 14 of both guests.
+    got = samples(exposition(source.render(await good_poll(source, clock))))
+    newest = [scenario.archives_of("truenas-backups", v)[-1].size for v in (100, 102)]
+    projected = got[key("backup_pve_retention_projected_bytes", storage="truenas-backups")]
+    assert projected == 14 * newest[0] + 14 * newest[1]
+
+    # The next run fails. Inside its grace it is not expected yet...
+    scenario.break_backups()
+    clock.advance(until_berlin(clock.time(), hour=21, minute=30))
+    assert await values() == (4, 4, 14, 14)
+    # ...past 21:00 + 6 h it is: one archive short. VM 100 still holds its 14 (a failure
+    # prunes nothing), which is what keep-last 14 keeps: job overdue, not retention.
+    clock.advance(until_berlin(clock.time(), hour=3, minute=1))
+    archives, expected, _, old_expected = await values()
+    assert (archives, expected) == (4, due_runs()) == (4, 5)
+    assert archives < expected
+    assert old_expected == 14
+    # After the repair the next run succeeds, and the gap in the middle still shows.
+    scenario.repair()
+    clock.advance(until_berlin(clock.time(), hour=21, minute=30))
+    archives, expected, _, _ = await values()
+    assert (archives, expected) == (5, 6)  # the new run counts: its archive is there
+
+
+def berlin_starts(hour: int, minute: int, *, since: float, until: float) -> list[float]:
+    """The daily ``hour:minute`` Berlin wall-clock instants in ``[since, until]``."""
+    day = datetime.fromtimestamp(since, BERLIN).date()
+    out = []
+    while True:
+        at = datetime(day.year, day.month, day.day, hour, minute, tzinfo=BERLIN).timestamp()
+        if at > until:
+            return out
+        if at >= since:
+            out.append(at)
+        day += timedelta(days=1)
 
 
 def last_21h(ts: float) -> float:
@@ -752,12 +837,90 @@ def test_storage_config_retention_applies_without_job_prune() -> None:
         listed=True,
         retention=parse_retention("keep-daily=7,keep-weekly=4"),
     )
-    assert expected_archives(replace(snapshot, storages=(storage,))) == {("nas", 100): 11}
-    assert expected_archives(snapshot) == {}
+    assert retention_targets(replace(snapshot, storages=(storage,))) == {("nas", 100): 11}
+    # No archive yet: nothing expected (the job-overdue alert covers a guest never backed up).
+    assert expected_archives(replace(snapshot, storages=(storage,))) == {("nas", 100): 0}
+    assert expected_archives(snapshot) == retention_targets(snapshot) == {}
     disabled = replace(
         snapshot, storages=(storage,), jobs=(job(vmids=frozenset({100}), enabled=False),)
     )
-    assert expected_archives(disabled) == {}
+    assert expected_archives(disabled) == retention_targets(disabled) == {}
+
+
+DAY0 = datetime(2026, 5, 1, tzinfo=UTC).timestamp()  # a midnight, UTC
+HOUR = 3600.0
+
+
+def retention_snapshot(
+    at: float, ctimes: Iterable[float], *jobs: BackupJob, timezone: str = "UTC"
+) -> ProxmoxSnapshot:
+    return ProxmoxSnapshot(
+        time=at,
+        timezone=timezone,
+        nodes=(("pve1", True),),
+        guests=(guest(100),),
+        storages=(),
+        archives=tuple(Archive("nas", 100, t, 5) for t in sorted(ctimes)),
+        jobs=jobs,
+        not_backed_up=frozenset(),
+        tasks=(),
+    )
+
+
+def keep_last(n: int) -> Retention:
+    return Retention(keep=(("last", n),))
+
+
+def test_expected_counts_from_the_run_that_wrote_the_oldest_archive() -> None:
+    daily = job(vmids=frozenset({100}), retention=keep_last(14))
+    next_day_4h = DAY0 + 28 * HOUR
+    # Several guests in one run: this guest's dump began 2 h after the 21:00 start. That run
+    # wrote it, so it counts.
+    late_dump = retention_snapshot(next_day_4h, [DAY0 + 23 * HOUR], daily)
+    assert expected_archives(late_dump) == {("nas", 100): 1}
+    # A manual backup at 14:00 and the 21:00 run: the manual one is no scheduled run, so only
+    # the 21:00 run is expected (two archives are not a shortage, nor an excess: the target
+    # of 14 is what pruning is judged by).
+    manual = retention_snapshot(next_day_4h, [DAY0 + 14 * HOUR, DAY0 + 21 * HOUR + 2], daily)
+    assert expected_archives(manual) == {("nas", 100): 1}
+    assert retention_targets(manual) == {("nas", 100): 14}
+    # Before that run's grace ended and without its archive, nothing is due yet.
+    waiting = retention_snapshot(DAY0 + 22 * HOUR, [DAY0 + 14 * HOUR], daily)
+    assert expected_archives(waiting) == {("nas", 100): 0}
+    # A shorter job_grace makes the run due earlier.
+    assert expected_archives(waiting, grace=HOUR) == {("nas", 100): 1}
+
+
+def test_expected_for_hourly_and_combined_jobs() -> None:
+    # Hourly: the grace is capped at the 1 h period (as for the job's own deadlines), so the
+    # failed 12:00 run is due at 13:00, not at 18:00.
+    hourly = job(schedule="hourly", vmids=frozenset({100}), retention=keep_last(24))
+    ctimes = [DAY0 + 10 * HOUR + 5, DAY0 + 11 * HOUR + 5]
+    snap = retention_snapshot(DAY0 + 13.5 * HOUR, ctimes, hourly)
+    assert expected_archives(snap) == {("nas", 100): 3}
+    # Two jobs write the guest to one storage: their runs add up, the larger target caps.
+    night = job(id="night", schedule="03:00", vmids=frozenset({100}), retention=keep_last(7))
+    evening = job(id="evening", schedule="21:00", vmids=frozenset({100}), retention=keep_last(2))
+    archives = [DAY0 + 21 * HOUR + 2, DAY0 + 27 * HOUR + 2]
+    both = retention_snapshot(DAY0 + 34 * HOUR, archives, night, evening)
+    assert expected_archives(both) == {("nas", 100): 2}
+    assert retention_targets(both) == {("nas", 100): 7}
+    # Ten days of both: 20 runs, capped at the larger target.
+    later = [DAY0 + d * 24 * HOUR + h * HOUR + 2 for d in range(10) for h in (3, 21)]
+    assert expected_archives(
+        retention_snapshot(DAY0 + 10 * 24 * HOUR + 12 * HOUR, later, night, evening)
+    ) == {("nas", 100): 7}
+
+
+def test_expected_needs_a_readable_schedule_but_the_target_does_not() -> None:
+    # jobs() skips (and logs) a job whose schedule cannot be read; the expectation does too,
+    # while the storage projection keeps the job's keep-last.
+    unreadable = job(schedule="every full moon", vmids=frozenset({100}), retention=keep_last(14))
+    snap = retention_snapshot(DAY0 + 5 * 24 * HOUR, [DAY0 + 21 * HOUR + 2], unreadable)
+    assert expected_archives(snap) == {}
+    assert retention_targets(snap) == {("nas", 100): 14}
+    keep_all = job(vmids=frozenset({100}), retention=Retention(keep_all=True))
+    assert expected_archives(replace(snap, jobs=(keep_all,))) == {}
 
 
 def test_fake_storage_defaults_are_shared_nfs() -> None:

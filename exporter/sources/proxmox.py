@@ -22,6 +22,12 @@ empty ``id`` is counted for every guest on its node (its per-guest outcome is no
 list), so a failed multi-guest task marks a guest failed only when that guest has no archive
 newer than the task's start.
 
+Retention has two numbers per guest and storage: the target the prune settings keep in the
+steady state (``backup_pve_retention_target_archives``, also behind the storage projection),
+and what should exist by now (``backup_pve_retention_expected_archives``): the target capped
+by the job's runs due since the guest's oldest archive (:func:`expected_archives`), so a guest
+new to a keep-last 14 job is not "below retention" for two weeks.
+
 Sample exposition::
 
     # HELP backup_pve_guest_info Guests of the Proxmox VE cluster.
@@ -30,7 +36,7 @@ Sample exposition::
     # HELP backup_pve_archive_last_timestamp_seconds Start time of the newest backup archive.
     # TYPE backup_pve_archive_last_timestamp_seconds gauge
     backup_pve_archive_last_timestamp_seconds{source="pve1",storage="nas",vmid="100"} 1.7697204e+09
-    # HELP backup_pve_retention_projected_bytes Expected archives times newest size, per storage.
+    # HELP backup_pve_retention_projected_bytes Retention target times newest size, per storage.
     # TYPE backup_pve_retention_projected_bytes gauge
     backup_pve_retention_projected_bytes{source="pve1",storage="nas"} 1.68e+11
 """
@@ -475,13 +481,14 @@ def effective_retention(snapshot: ProxmoxSnapshot, job: BackupJob) -> Retention 
     return None
 
 
-def expected_archives(snapshot: ProxmoxSnapshot) -> dict[tuple[str, int], int]:
+def retention_targets(snapshot: ProxmoxSnapshot) -> dict[tuple[str, int], int]:
     """Return the archive count retention keeps, per (storage, vmid) of enabled jobs.
 
-    When several jobs write one guest to one storage, the largest count is used (each run
-    prunes with its own job's setting). Unbounded (keep-all) pairs are left out.
+    This is the steady state, reached once the job has run often enough. When several jobs
+    write one guest to one storage, the largest count is used (each run prunes with its own
+    job's setting). Unbounded (keep-all) pairs are left out.
     """
-    expected: dict[tuple[str, int], int] = {}
+    targets: dict[tuple[str, int], int] = {}
     for job in snapshot.jobs:
         if not job.enabled:
             continue
@@ -491,8 +498,112 @@ def expected_archives(snapshot: ProxmoxSnapshot) -> dict[tuple[str, int], int]:
             continue
         for g in covered_guests(job, snapshot.guests):
             key = (job.storage, g.vmid)
-            expected[key] = max(expected.get(key, 0), count)
-    return expected
+            targets[key] = max(targets.get(key, 0), count)
+    return targets
+
+
+def expected_archives(
+    snapshot: ProxmoxSnapshot, *, grace: float = DEFAULT_GRACE
+) -> dict[tuple[str, int], int]:
+    """Return how many archives should exist by now, per (storage, vmid) of enabled jobs.
+
+    ``min(target, runs)``: the retention target of :func:`retention_targets` (from the jobs
+    whose schedule can be read), capped by the scheduled runs of those jobs that are due since
+    the guest's oldest archive on that storage (see :func:`_due_runs`), summed over the jobs.
+    So a guest added to a keep-last 14 job a few days ago expects as many archives as runs
+    happened, a failed run among them shows as one archive short, and a guest without any
+    archive expects 0 (the not-backed-up and job-overdue alerts cover that case). ``grace`` is
+    the source's ``job_grace``: a run is due once its finish deadline has passed (or earlier,
+    when an archive at or after its start already exists). All of it is computed from
+    ``snapshot.time``, never from the wall clock.
+    """
+    now = snapshot.time
+    spans: dict[tuple[str, int], tuple[float, float]] = {}
+    for a in snapshot.archives:
+        span = spans.get((a.storage, a.vmid))
+        if span is None:
+            spans[(a.storage, a.vmid)] = (a.ctime, a.ctime)
+        else:
+            spans[(a.storage, a.vmid)] = (min(span[0], a.ctime), max(span[1], a.ctime))
+    # Only jobs whose schedule can be read count; jobs() logs the others.
+    readable: list[tuple[BackupJob, int, Schedule, float]] = []
+    for job in snapshot.jobs:
+        retention = effective_retention(snapshot, job) if job.enabled else None
+        target = retention.expected if retention is not None else None
+        if target is None:
+            continue
+        try:
+            schedule = _schedule(job.schedule, snapshot.timezone)
+        except ScheduleError:
+            continue
+        allowance, _ = _graces(schedule, now, grace, grace)
+        readable.append((job, target, schedule, allowance))
+    targets: dict[tuple[str, int], int] = {}
+    coverage: list[tuple[tuple[str, int], BackupJob, Schedule, float]] = []
+    for job, target, schedule, allowance in readable:
+        for g in covered_guests(job, snapshot.guests):
+            key = (job.storage, g.vmid)
+            targets[key] = max(targets.get(key, 0), target)
+            coverage.append((key, job, schedule, allowance))
+    runs = dict.fromkeys(targets, 0)
+    memo: dict[tuple[str, float, int, float, int], int] = {}
+    for key, job, schedule, allowance in coverage:
+        span = spans.get(key)
+        if span is None or runs[key] >= targets[key]:
+            continue
+        oldest, newest = span
+        runs[key] += _due_runs(
+            schedule,
+            oldest=oldest,
+            newest=newest,
+            now=now,
+            allowance=allowance,
+            cap=targets[key] - runs[key],
+            memo=memo,
+            memo_key=job.id,
+        )
+    return {key: min(target, runs[key]) for key, target in targets.items()}
+
+
+def _due_runs(
+    schedule: Schedule,
+    *,
+    oldest: float,
+    newest: float,
+    now: float,
+    allowance: float,
+    cap: int,
+    memo: dict[tuple[str, float, int, float, int], int],
+    memo_key: str,
+) -> int:
+    """Count ``schedule``'s starts from the run that wrote the oldest archive up to now.
+
+    The first start counted is the latest one at or before ``oldest`` if ``oldest`` is within
+    ``allowance`` of it (that run wrote it: a guest's dump may begin well after the job's start
+    when the job backs up several guests); otherwise the first start after ``oldest`` (the
+    oldest archive came from a manual run). The last one is the latest start at or before
+    ``now - allowance`` (its finish deadline passed) or, if later, at or before ``newest`` (a run
+    still inside its grace that has already written its archive). Stops at ``cap``.
+    """
+    upper = min(now, max(now - allowance, newest))
+    producing = schedule.latest_at_or_before(datetime.fromtimestamp(oldest, UTC))
+    if producing is not None and oldest - producing.timestamp() <= allowance:
+        anchor, count = producing.timestamp(), 1
+    else:
+        anchor, count = oldest, 0
+    # Guests of one job usually share the run that wrote their oldest archive.
+    key = (memo_key, anchor, count, upper, cap)
+    if key in memo:
+        return memo[key]
+    if anchor > upper:
+        count = 0
+    else:
+        for start in schedule.iter_after(datetime.fromtimestamp(anchor, UTC)):
+            if count >= cap or start.timestamp() > upper:
+                break
+            count += 1
+    memo[key] = min(count, cap)
+    return memo[key]
 
 
 def _newest_per_pair(archives: Iterable[Archive]) -> dict[tuple[str, int], Archive]:
@@ -505,10 +616,14 @@ def _newest_per_pair(archives: Iterable[Archive]) -> dict[tuple[str, int], Archi
 
 
 def projected_bytes(snapshot: ProxmoxSnapshot) -> dict[str, float]:
-    """Return, per storage, Σ over guests of expected archives × newest archive size."""
+    """Return, per storage, Σ over guests of the retention target × newest archive size.
+
+    The full target (:func:`retention_targets`), not what is due so far: this projects the
+    steady state the storage has to hold.
+    """
     newest = _newest_per_pair(snapshot.archives)
     projected: dict[str, float] = {}
-    for (storage, vmid), count in expected_archives(snapshot).items():
+    for (storage, vmid), count in retention_targets(snapshot).items():
         projected.setdefault(storage, 0.0)
         archive = newest.get((storage, vmid))
         if archive is not None:
@@ -770,7 +885,10 @@ class ProxmoxSource(Source[ProxmoxConfig, ProxmoxSnapshot]):
         # HELP backup_pve_archives Number of backup archives of the guest on the storage.
         # TYPE backup_pve_archives gauge
         backup_pve_archives{source="pve1",storage="nas",vmid="100"} 14.0
-        # HELP backup_pve_retention_expected_archives Archives the retention keeps (...).
+        # HELP backup_pve_retention_target_archives Archives the retention keeps (...).
+        # TYPE backup_pve_retention_target_archives gauge
+        backup_pve_retention_target_archives{source="pve1",storage="nas",vmid="100"} 14.0
+        # HELP backup_pve_retention_expected_archives Archives there should be by now (...).
         # TYPE backup_pve_retention_expected_archives gauge
         backup_pve_retention_expected_archives{source="pve1",storage="nas",vmid="100"} 14.0
     """
@@ -912,7 +1030,7 @@ class ProxmoxSource(Source[ProxmoxConfig, ProxmoxSnapshot]):
         """Build the ``backup_pve_*`` families (one series per guest, storage, job or node)."""
         src = self.name
         yield from _render_guests(src, snapshot)
-        yield from _render_archives(src, snapshot)
+        yield from _render_archives(src, snapshot, grace=self.config.job_grace)
         yield from _render_storages(src, snapshot)
         yield from _render_jobs(src, snapshot)
         yield from _render_tasks(src, snapshot)
@@ -1048,7 +1166,7 @@ def _render_guests(src: str, snap: ProxmoxSnapshot) -> Iterator[Metric]:
     yield not_backed
 
 
-def _render_archives(src: str, snap: ProxmoxSnapshot) -> Iterator[Metric]:
+def _render_archives(src: str, snap: ProxmoxSnapshot, *, grace: float) -> Iterator[Metric]:
     labels = ["source", "storage", "vmid"]
     last_ts = _gauge(
         "backup_pve_archive_last_timestamp_seconds",
@@ -1089,14 +1207,23 @@ def _render_archives(src: str, snap: ProxmoxSnapshot) -> Iterator[Metric]:
         protected.add_metric(values, sum(1 for a in items if a.protected))
         if newest.verified is not None:
             verified.add_metric(values, float(newest.verified))
-    expected = _gauge(
-        "backup_pve_retention_expected_archives",
-        "Archives the retention keeps (keep-last N; several keep-* summed: an upper bound).",
+    target = _gauge(
+        "backup_pve_retention_target_archives",
+        "Archives the retention keeps once the job ran often enough "
+        "(keep-last N; several keep-* summed: an upper bound).",
         labels,
     )
-    for (storage, vmid), n in sorted(expected_archives(snap).items()):
+    for (storage, vmid), n in sorted(retention_targets(snap).items()):
+        target.add_metric([src, storage, str(vmid)], n)
+    expected = _gauge(
+        "backup_pve_retention_expected_archives",
+        "Archives there should be by now: the retention target, capped by the job's runs "
+        "due since the oldest archive (0 without any archive).",
+        labels,
+    )
+    for (storage, vmid), n in sorted(expected_archives(snap, grace=grace).items()):
         expected.add_metric([src, storage, str(vmid)], n)
-    yield from (last_ts, last_size, count, total, protected, verified, expected)
+    yield from (last_ts, last_size, count, total, protected, verified, target, expected)
 
 
 def _render_storages(src: str, snap: ProxmoxSnapshot) -> Iterator[Metric]:
@@ -1108,7 +1235,7 @@ def _render_storages(src: str, snap: ProxmoxSnapshot) -> Iterator[Metric]:
     )
     projected = _gauge(
         "backup_pve_retention_projected_bytes",
-        "Expected archives times newest size, per storage.",
+        "Retention target times newest size, per storage.",
         labels,
     )
     for s in snap.storages:
@@ -1191,5 +1318,6 @@ __all__ = [
     "normalize_status",
     "parse_retention",
     "projected_bytes",
+    "retention_targets",
     "started_by",
 ]
