@@ -121,6 +121,28 @@ class Problems:
 _MISSING = object()
 
 
+def zone_or_none(name: str) -> ZoneInfo | None:
+    """Return the time zone called ``name``, or ``None`` when it is unknown or malformed."""
+    try:
+        return ZoneInfo(name)
+    # OSError: a directory of the zone database ("Europe") or an overlong name.
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TLSConfig:
+    """How an HTTPS client checks the server: ``verify_tls`` and an optional ``ca_file``."""
+
+    verify: bool = True
+    ca_file: Path | None = None
+
+    @property
+    def requests_verify(self) -> bool | str:
+        """The ``verify=`` of requests, proxmoxer and botocore: the CA bundle or the flag."""
+        return str(self.ca_file) if self.ca_file is not None else self.verify
+
+
 class Section:
     """A typed reader over one YAML mapping that records problems instead of raising.
 
@@ -323,6 +345,36 @@ class Section:
             self.problem(key, f'missing (set {key}: "${{ENV_VAR}}" or {file_key})')
         return None
 
+    def timezone(self, key: builtins.str, default: builtins.str) -> builtins.str:
+        """Read an IANA time zone name such as ``Europe/Berlin``.
+
+        An unknown zone is recorded as a problem and ``default`` returned. With an empty
+        ``default`` an empty value is accepted too (it means "inherit" or "ask the system").
+        """
+        value = self.str(key, default)
+        if not value and not default:
+            return value
+        if zone_or_none(value) is None:
+            self.problem(key, f"unknown time zone {value!r}")
+            return default
+        return value
+
+    def tls(self, *, insecure_allowed: builtins.bool = True) -> TLSConfig:
+        """Read ``verify_tls`` (unless not ``insecure_allowed``) and ``ca_file``.
+
+        ``ca_file`` must be a readable file and makes no sense with ``verify_tls: false``.
+        Without ``insecure_allowed`` the kind has no ``verify_tls`` key (it stays unknown).
+        """
+        verify = self.bool("verify_tls", True) if insecure_allowed else True
+        ca_file: Path | None = None
+        if self.has("ca_file"):
+            ca_file = self.path_value("ca_file")
+            if not verify:
+                self.problem("ca_file", "cannot be used with verify_tls: false")
+            elif not ca_file.is_file():
+                self.problem("ca_file", f"{ca_file} is not a readable file")
+        return TLSConfig(verify=verify, ca_file=ca_file)
+
     def path_value(self, key: builtins.str, *, required: builtins.bool = False) -> Path:
         """Read a filesystem path, relative to the config file's folder."""
         text = self.str(key, required=required)
@@ -435,12 +487,7 @@ def parse_config(
         raise ConfigError(["(top level): must be a mapping"])
     problems = Problems()
     root = Section(data, "", problems, base_dir or Path.cwd())
-    timezone = root.str("timezone", "UTC")
-    try:
-        ZoneInfo(timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        root.problem("timezone", f"unknown time zone {timezone!r}")
-        timezone = "UTC"
+    timezone = root.timezone("timezone", "UTC")
     sources: dict[str, SourceConfig] = {}
     for name, sec in root.sections("sources"):
         if not _NAME_RE.match(name):

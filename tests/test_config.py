@@ -167,3 +167,9 @@ def test_every_registered_kind_loads() -> None:
 
     for name in KIND_NAMES:
         assert kinds()[name].build is not None
+
+
+@pytest.mark.parametrize("zone", ["Europe", "Mars/Olympus", "../etc/passwd"])
+def test_a_bad_time_zone_is_a_problem_not_a_crash(zone: str) -> None:
+    problems = problems_of(f"timezone: {zone!r}\n")
+    assert problems == [f"timezone: unknown time zone {zone!r}"]

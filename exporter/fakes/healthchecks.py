@@ -34,7 +34,6 @@ captured fixture), ``raw_body`` (serve these bytes, e.g. malformed JSON), ``redi
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import uuid
 from collections.abc import Callable, Iterator
@@ -47,6 +46,7 @@ from aiohttp import web
 from cronsim import CronSim
 from oncalendar import OnCalendar
 
+from exporter.fakes.server import AppServer, Hold, advance_clock, cert_path
 from exporter.fakes.tls import SelfSignedCert, make_self_signed_cert
 
 __all__ = [
@@ -280,7 +280,7 @@ class HealthchecksScenario:
     redirect_to: str | None = None
     simulated_until: float | None = None
     _pending: list[tuple[float, int, str, str]] = field(default_factory=list)
-    _hang: asyncio.Event | None = None
+    _hang: Hold = field(default_factory=Hold)
 
     # ---- knobs
 
@@ -301,22 +301,16 @@ class HealthchecksScenario:
 
     def advance(self, seconds: float) -> None:
         """Move the clock (it must have ``advance``, like FakeClock) and simulate."""
-        clock = getattr(self.now, "__self__", None)
-        advance = getattr(clock, "advance", None)
-        if advance is None:
-            raise TypeError("advance() needs a clock with an advance() method (FakeClock)")
-        advance(seconds)
+        advance_clock(self.now, seconds)
         self.sync()
 
     def hang(self) -> None:
         """Hold every request without answering until :meth:`release`."""
-        if self._hang is None or self._hang.is_set():
-            self._hang = asyncio.Event()
+        self._hang.hold()
 
     def release(self) -> None:
         """Answer the requests held by :meth:`hang`."""
-        if self._hang is not None:
-            self._hang.set()
+        self._hang.release()
 
     # ---- the simulation
 
@@ -418,8 +412,7 @@ async def _gate(request: web.Request, scenario: HealthchecksScenario) -> web.Res
     scenario.requests.append(
         RequestRecord(path=request.path, query=tuple(request.query.items()), key=kind)
     )
-    if scenario._hang is not None and not scenario._hang.is_set():
-        await scenario._hang.wait()
+    await scenario._hang.wait()
     if scenario.redirect_to is not None:
         raise web.HTTPMovedPermanently(location=scenario.redirect_to)
     if scenario.rate_limited > 0:
@@ -484,7 +477,7 @@ class FakeHealthchecks:
     cert: SelfSignedCert | None
     host: str
     port: int
-    _runner: web.AppRunner | None = None
+    _server: AppServer = field(default_factory=AppServer, repr=False)
 
     @property
     def url(self) -> str:
@@ -495,7 +488,7 @@ class FakeHealthchecks:
     @property
     def ca_file(self) -> str | None:
         """The certificate to trust (``ca_file:``); ``None`` for plain http."""
-        return None if self.cert is None else str(self.cert.cert_file)
+        return cert_path(self.cert)
 
     @property
     def api_key(self) -> str:
@@ -508,24 +501,14 @@ class FakeHealthchecks:
         return self.scenario.readonly_key
 
     async def _start(self) -> None:
-        runner = web.AppRunner(create_app(self.scenario), shutdown_timeout=1.0)
-        await runner.setup()
-        ssl_context = None if self.cert is None else self.cert.server_context
-        site = web.TCPSite(
-            runner, self.host, self.port, ssl_context=ssl_context, reuse_address=True
-        )
-        await site.start()
-        self._runner = runner
-        if self.port == 0:
-            self.port = int(runner.addresses[0][1])
+        app = create_app(self.scenario)
+        self.port = await self._server.start(app, host=self.host, port=self.port, cert=self.cert)
         self.scenario.site_root = self.url + self.scenario.path_prefix.rstrip("/")
 
     async def stop(self) -> None:
         """Stop serving; held requests are released first."""
         self.scenario.release()
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
+        await self._server.stop()
 
 
 async def start_fake_healthchecks(

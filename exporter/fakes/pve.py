@@ -34,6 +34,7 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
+from exporter.fakes.server import AppServer, Hold
 from exporter.fakes.tls import SelfSignedCert, make_self_signed_cert
 
 __all__ = [
@@ -161,7 +162,7 @@ class PVEScenario:
     _pid: int = 0x3A000
     _runs: dict[tuple[int, str], int] = field(default_factory=dict)
     _running: list[tuple[FakeTask, FakeJob]] = field(default_factory=list)
-    _hang: asyncio.Event | None = None
+    _hang: Hold = field(default_factory=Hold)
 
     # ---- knobs
 
@@ -175,18 +176,16 @@ class PVEScenario:
 
     def hang(self) -> None:
         """Make every request wait, without answering, until :meth:`release`."""
-        if self._hang is None or self._hang.is_set():
-            self._hang = asyncio.Event()
+        self._hang.hold()
 
     def release(self) -> None:
         """Answer the requests held by :meth:`hang` (and all later ones at once)."""
-        if self._hang is not None:
-            self._hang.set()
+        self._hang.release()
 
     @property
     def hanging(self) -> bool:
         """Whether requests are being held."""
-        return self._hang is not None and not self._hang.is_set()
+        return self._hang.holding
 
     # ---- lookups
 
@@ -493,8 +492,7 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
     sc.requests.append(request.path)
     if sc.latency:
         await asyncio.sleep(sc.latency)
-    if sc._hang is not None:
-        await sc._hang.wait()
+    await sc._hang.wait()
     expected = f"PVEAPIToken={sc.token_id}={sc.token_secret}"
     if request.headers.get("Authorization") != expected:
         return web.json_response({"data": None}, status=401, reason="invalid token value")
@@ -932,7 +930,7 @@ class FakePVE:
     cert: SelfSignedCert
     host: str
     port: int
-    _runner: web.AppRunner | None = None
+    _server: AppServer = field(default_factory=AppServer, repr=False)
 
     @property
     def url(self) -> str:
@@ -955,28 +953,13 @@ class FakePVE:
         return self.scenario.token_secret
 
     async def _start(self) -> None:
-        runner = web.AppRunner(create_app(self.scenario), shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(
-            runner, self.host, self.port, ssl_context=self.cert.server_context, reuse_address=True
-        )
-        await site.start()
-        self._runner = runner
-        if self.port == 0:
-            self.port = int(runner.addresses[0][1])
+        app = create_app(self.scenario)
+        self.port = await self._server.start(app, host=self.host, port=self.port, cert=self.cert)
 
     async def stop(self) -> None:
         """Stop serving (held requests are released first); the port is then refused."""
         self.scenario.release()
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            # Abort open keep-alive connections: a polite TLS close would wait up to 30 s
-            # for the client's close_notify, which an idle client never sends.
-            server = runner.server
-            for handler in list(server.connections if server is not None else ()):
-                if handler.transport is not None:
-                    handler.transport.abort()
-            await runner.cleanup()
+        await self._server.stop(abort_connections=True)
 
     async def restart(self) -> None:
         """Serve again on the same port, with the same certificate and scenario."""

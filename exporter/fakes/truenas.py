@@ -42,6 +42,7 @@ from zoneinfo import ZoneInfo
 from aiohttp import WSMsgType, web
 from cronsim import CronSim
 
+from exporter.fakes.server import AppServer, Hold, advance_clock, cert_path
 from exporter.fakes.tls import SelfSignedCert, make_self_signed_cert
 
 __all__ = [
@@ -166,17 +167,13 @@ class TrueNASScenario:
     simulated_until: float | None = None
     _job_id: int = 1000
     _archive_runs: int = 0
-    _hang: asyncio.Event | None = None
+    _hang: Hold = field(default_factory=Hold)
 
     # ---- knobs
 
     def advance(self, seconds: float) -> None:
         """Move the clock (it must have ``advance``, like FakeClock) and simulate."""
-        clock = getattr(self.now, "__self__", None)
-        advance = getattr(clock, "advance", None)
-        if advance is None:
-            raise TypeError("advance() needs a clock with an advance() method (FakeClock)")
-        advance(seconds)
+        advance_clock(self.now, seconds)
         self.sync()
 
     def task(self, description: str) -> FakeCloudSync:
@@ -210,13 +207,11 @@ class TrueNASScenario:
 
     def hang(self) -> None:
         """Hold every call without answering until :meth:`release`."""
-        if self._hang is None or self._hang.is_set():
-            self._hang = asyncio.Event()
+        self._hang.hold()
 
     def release(self) -> None:
         """Answer the calls held by :meth:`hang`."""
-        if self._hang is not None:
-            self._hang.set()
+        self._hang.release()
 
     def add_dataset(self, name: str, own: int, quota: int = 0) -> FakeDataset:
         """Add a dataset (any name, hostile ones included) with no snapshots yet."""
@@ -859,8 +854,7 @@ def _dispatch(
 async def _answer(
     ws: web.WebSocketResponse, scenario: TrueNASScenario, session: _Session, frame: dict[str, Any]
 ) -> None:
-    if scenario._hang is not None:
-        await scenario._hang.wait()
+    await scenario._hang.wait()
     if scenario.dropping:
         await ws.close(code=1011, message=b"dropped")
         return
@@ -925,8 +919,7 @@ class FakeTrueNAS:
     cert: SelfSignedCert | None
     host: str
     port: int
-    _runner: web.AppRunner | None = None
-    _app: web.Application | None = None
+    _server: AppServer = field(default_factory=AppServer, repr=False)
 
     @property
     def url(self) -> str:
@@ -937,7 +930,7 @@ class FakeTrueNAS:
     @property
     def ca_file(self) -> str | None:
         """The certificate to trust (``ca_file:``); ``None`` for plain ws://."""
-        return None if self.cert is None else str(self.cert.cert_file)
+        return cert_path(self.cert)
 
     @property
     def api_key(self) -> str:
@@ -950,27 +943,16 @@ class FakeTrueNAS:
         return self.scenario.username
 
     async def _start(self) -> None:
-        self._app = create_app(self.scenario)
-        runner = web.AppRunner(self._app, shutdown_timeout=1.0)
-        await runner.setup()
-        ssl_context = None if self.cert is None else self.cert.server_context
-        site = web.TCPSite(
-            runner, self.host, self.port, ssl_context=ssl_context, reuse_address=True
-        )
-        await site.start()
-        self._runner = runner
-        if self.port == 0:
-            self.port = int(runner.addresses[0][1])
+        app = create_app(self.scenario)
+        self.port = await self._server.start(app, host=self.host, port=self.port, cert=self.cert)
 
     async def stop(self) -> None:
         """Stop serving: held calls are released and open sockets closed first."""
         self.scenario.release()
-        if self._app is not None:
-            for ws in list(self._app[_SOCKETS].open):
+        if self._server.app is not None:
+            for ws in list(self._server.app[_SOCKETS].open):
                 await ws.close(code=1001, message=b"server shutdown")
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
+        await self._server.stop()
 
 
 async def start_fake_truenas(

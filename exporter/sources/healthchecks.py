@@ -64,7 +64,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import ssl
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -75,10 +74,18 @@ import aiohttp
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from yarl import URL
 
-from exporter.config import KindSpec, Secret, Section, SourceConfig, SourceConfigBase
+from exporter.config import (
+    KindSpec,
+    Secret,
+    Section,
+    SourceConfig,
+    SourceConfigBase,
+    TLSConfig,
+)
 from exporter.jobs import Evidence, JobSpec
 from exporter.schedule import Schedule, ScheduleError, parse_schedule
 from exporter.sources.base import FetchContext, FetchError, Source
+from exporter.tls import ClientSSL
 
 log = logging.getLogger(__name__)
 
@@ -140,14 +147,7 @@ def parse(sec: Section, base: SourceConfigBase) -> HealthchecksConfig:
     for tag in tags:
         if not tag or any(ch.isspace() for ch in tag):
             sec.problem("tags", f"a tag is one word without spaces, got {tag!r}")
-    verify_tls = sec.bool("verify_tls", True)
-    ca_file: Path | None = None
-    if sec.has("ca_file"):
-        ca_file = sec.path_value("ca_file")
-        if not verify_tls:
-            sec.problem("ca_file", "cannot be used with verify_tls: false")
-        elif not ca_file.is_file():
-            sec.problem("ca_file", f"{ca_file} is not a readable file")
+    tls = sec.tls()
     return HealthchecksConfig(
         name=base.name,
         kind=base.kind,
@@ -159,8 +159,8 @@ def parse(sec: Section, base: SourceConfigBase) -> HealthchecksConfig:
         tags=tags,
         jobs=sec.bool("jobs", True),
         pings=sec.bool("pings", False),
-        verify_tls=verify_tls,
-        ca_file=ca_file,
+        verify_tls=tls.verify,
+        ca_file=tls.ca_file,
     )
 
 
@@ -397,26 +397,12 @@ class HealthchecksSource(Source[HealthchecksConfig, HealthchecksSnapshot]):
         # A self-hosted instance may live under a path prefix (https://host/hc).
         self._prefix = self._base.path.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
-        self._ssl: ssl.SSLContext | bool | None = None
+        self._ssl = ClientSSL(TLSConfig(verify=config.verify_tls, ca_file=config.ca_file))
         self._warned: set[tuple[str, str]] = set()
 
     @property
     def _where(self) -> str:
         return f"{self._base.host}:{self._base.port}"
-
-    def _ssl_context(self) -> ssl.SSLContext | bool:
-        if self._ssl is None:
-            cfg = self.config
-            if not cfg.verify_tls:
-                self._ssl = False
-            else:
-                try:
-                    self._ssl = ssl.create_default_context(
-                        cafile=str(cfg.ca_file) if cfg.ca_file else None
-                    )
-                except (OSError, ssl.SSLError) as exc:
-                    raise FetchError("tls", f"cannot load ca_file {cfg.ca_file}: {exc}") from None
-        return self._ssl
 
     def _redact(self, text: str) -> str:
         key = self.config.api_key.reveal()
@@ -428,7 +414,7 @@ class HealthchecksSource(Source[HealthchecksConfig, HealthchecksSnapshot]):
         if self._session is None:
             self._session = aiohttp.ClientSession()
         url = self._base.with_path(self._prefix + path).with_query(query)
-        ssl_arg = self._ssl_context() if url.scheme == "https" else False
+        ssl_arg = self._ssl.get() if url.scheme == "https" else False
         ctx.count_request()
         try:
             async with self._session.get(

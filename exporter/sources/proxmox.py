@@ -53,7 +53,6 @@ from http import HTTPStatus
 from itertools import islice
 from typing import Any
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import requests
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -145,21 +144,8 @@ def parse(sec: Section, base: SourceConfigBase) -> ProxmoxConfig:
     if token_id and not _TOKEN_ID_RE.fullmatch(token_id):
         sec.problem("token_id", f"must look like user@realm!tokenname, got {token_id!r}")
     secret = sec.secret("token_secret") or Secret("")
-    verify: bool | str = sec.bool("verify_tls", True)
-    if sec.has("ca_file"):
-        ca_file = sec.path_value("ca_file")
-        if verify is False:
-            sec.problem("ca_file", "cannot be used with verify_tls: false")
-        elif not ca_file.is_file():
-            sec.problem("ca_file", f"{ca_file} is not a readable file")
-        verify = str(ca_file)
-    timezone = sec.str("timezone", "")
-    if timezone:
-        try:
-            ZoneInfo(timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            sec.problem("timezone", f"unknown time zone {timezone!r}")
-            timezone = ""
+    verify = sec.tls().requests_verify
+    timezone = sec.timezone("timezone", "")
     tasks_limit = sec.int("tasks_limit", DEFAULT_TASKS_LIMIT, minimum=1)
     grace = sec.duration("job_grace", DEFAULT_GRACE)
     start_grace = sec.duration("job_start_grace", DEFAULT_START_GRACE)

@@ -137,9 +137,8 @@ def parse(sec: Section, base: SourceConfigBase) -> S3Config:
     if price < 0:
         sec.problem("price_per_tb_month", "must be >= 0")
         price = 0.0
-    ca_file = sec.path_value("ca_file") if sec.has("ca_file") else None
-    if ca_file is not None and not ca_file.is_file():
-        sec.problem("ca_file", f"{ca_file} is not a readable file")
+    # S3 has no verify_tls: an endpoint is either publicly trusted or has its own CA.
+    ca_file = sec.tls(insecure_allowed=False).ca_file
     return S3Config(
         name=base.name,
         kind=base.kind,

@@ -48,14 +48,12 @@ import contextlib
 import dataclasses
 import logging
 import re
-import ssl
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 
@@ -65,7 +63,9 @@ from exporter.config import (
     Section,
     SourceConfig,
     SourceConfigBase,
+    TLSConfig,
     parse_duration,
+    zone_or_none,
 )
 from exporter.jobs import Evidence, JobSpec
 from exporter.schedule import Schedule, ScheduleError, parse_schedule
@@ -76,12 +76,14 @@ from exporter.storage import (
     PoolInfo,
     SelfTestResult,
     SmartDevice,
+    parse_dataset_filter,
     render_datasets,
     render_pools,
     render_smart,
     storage_evidence,
 )
 from exporter.threshold import ThresholdSchedule
+from exporter.tls import ClientSSL
 from exporter.truenas_client import PLAIN_WS_REFUSAL, TrueNASClient, api_url
 
 log = logging.getLogger(__name__)
@@ -121,17 +123,6 @@ class TrueNASConfig(SourceConfig):
     scrub_grace: float = 86400.0
 
 
-def _regexes(sec: Section, key: str) -> tuple[str, ...]:
-    patterns = sec.str_list(key)
-    for pattern in patterns:
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            sec.problem(key, f"invalid regular expression {pattern!r}: {exc}")
-            return ()
-    return patterns
-
-
 def _graces(sec: Section) -> dict[str, float]:
     graces: dict[str, float] = {}
     for key, value in sec.data.items():
@@ -159,25 +150,9 @@ def parse(sec: Section, base: SourceConfigBase) -> TrueNASConfig:
         except ValueError as exc:
             sec.problem("url", str(exc))
     api_key = sec.secret("api_key") or Secret("")
-    verify_tls = sec.bool("verify_tls", True)
-    ca_file: Path | None = None
-    if sec.has("ca_file"):
-        ca_file = sec.path_value("ca_file")
-        if not verify_tls:
-            sec.problem("ca_file", "cannot be used with verify_tls: false")
-        elif not ca_file.is_file():
-            sec.problem("ca_file", f"{ca_file} is not a readable file")
-    datasets = sec.section("datasets")
-    include = _regexes(datasets, "include")
-    exclude = _regexes(datasets, "exclude")
-    datasets.finish()
-    timezone = sec.str("timezone", "")
-    if timezone:
-        try:
-            ZoneInfo(timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            sec.problem("timezone", f"unknown time zone {timezone!r}")
-            timezone = ""
+    tls = sec.tls()
+    datasets = parse_dataset_filter(sec)
+    timezone = sec.timezone("timezone", "")
     return TrueNASConfig(
         name=base.name,
         kind=base.kind,
@@ -187,10 +162,10 @@ def parse(sec: Section, base: SourceConfigBase) -> TrueNASConfig:
         url=url,
         username=sec.str("username", ""),
         api_key=api_key,
-        verify_tls=verify_tls,
-        ca_file=ca_file,
-        include=include,
-        exclude=exclude,
+        verify_tls=tls.verify,
+        ca_file=tls.ca_file,
+        include=datasets.include,
+        exclude=datasets.exclude,
         cron_timezone=timezone,
         cloudsync_grace=MappingProxyType(_graces(sec.section("cloudsync_grace"))),
         scrub_grace=sec.duration("scrub_grace", 86400.0),
@@ -681,25 +656,11 @@ class TrueNASSource(Source[TrueNASConfig, TrueNASSnapshot]):
     def __init__(self, config: TrueNASConfig) -> None:
         super().__init__(config)
         self.filter = DatasetFilter(config.include, config.exclude)
-        self._ssl: ssl.SSLContext | bool | None = None
+        self._ssl = ClientSSL(TLSConfig(verify=config.verify_tls, ca_file=config.ca_file))
         # What a task's single `job` field forgets: newest success/failure per task id,
         # and each pool's last completed scrub (start, end).
         self._cloud_memory: dict[int, tuple[float | None, float | None]] = {}
         self._scrub_memory: dict[str, tuple[float, float]] = {}
-
-    def _ssl_context(self) -> ssl.SSLContext | bool:
-        if self._ssl is None:
-            cfg = self.config
-            if not cfg.verify_tls:
-                self._ssl = False
-            else:
-                try:
-                    self._ssl = ssl.create_default_context(
-                        cafile=str(cfg.ca_file) if cfg.ca_file else None
-                    )
-                except (OSError, ssl.SSLError) as exc:
-                    raise FetchError("tls", f"cannot load ca_file {cfg.ca_file}: {exc}") from None
-        return self._ssl
 
     async def fetch(self, ctx: FetchContext) -> TrueNASSnapshot:
         """Log in, read everything, fold it into a snapshot and update the memories."""
@@ -711,7 +672,7 @@ class TrueNASSource(Source[TrueNASConfig, TrueNASSnapshot]):
         if url.scheme == "ws":
             raise FetchError("config", PLAIN_WS_REFUSAL)  # before connecting at all
         client = TrueNASClient(
-            url, ssl_context=self._ssl_context(), on_call=lambda _method: ctx.count_request()
+            url, ssl_context=self._ssl.get(), on_call=lambda _method: ctx.count_request()
         )
         async with client:
             await client.login_api_key(cfg.api_key.reveal(), username=cfg.username)
@@ -789,12 +750,10 @@ class TrueNASSource(Source[TrueNASConfig, TrueNASSnapshot]):
         tz = general.get("timezone") if isinstance(general, dict) else None
         if not isinstance(tz, str) or not tz:
             raise FetchError("parse", "system.general.config has no timezone")
-        try:
-            ZoneInfo(tz)
-        except (ZoneInfoNotFoundError, ValueError):
+        if zone_or_none(tz) is None:
             raise FetchError(
                 "parse", f"TrueNAS time zone {tz[:60]!r} is unknown here (set timezone:)"
-            ) from None
+            )
         return tz
 
     # ---- rendering

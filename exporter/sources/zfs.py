@@ -25,10 +25,9 @@ Sample exposition::
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from prometheus_client.core import Metric
 
@@ -42,6 +41,7 @@ from exporter.storage import (
     DatasetInfo,
     PoolInfo,
     StorageParseError,
+    parse_dataset_filter,
     parse_zfs_list_json,
     parse_zfs_list_text,
     parse_zfs_version,
@@ -78,17 +78,6 @@ class ZfsSnapshot:
     json: bool
 
 
-def _regexes(sec: Section, key: str) -> tuple[str, ...]:
-    patterns = sec.str_list(key)
-    for pattern in patterns:
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            sec.problem(key, f"invalid regular expression {pattern!r}: {exc}")
-            return ()
-    return patterns
-
-
 def parse_json_mode(sec: Section) -> str:
     """Read ``json:`` as ``auto``, ``true`` or ``false`` (YAML booleans or strings)."""
     if not sec.has("json"):
@@ -104,16 +93,8 @@ def parse_json_mode(sec: Section) -> str:
 
 def parse(sec: Section, base: SourceConfigBase) -> ZfsConfig:
     """Read the ``kind: zfs`` keys."""
-    datasets = sec.section("datasets")
-    include = _regexes(datasets, "include")
-    exclude = _regexes(datasets, "exclude")
-    datasets.finish()
-    timezone = sec.str("timezone", "UTC")
-    try:
-        ZoneInfo(timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        sec.problem("timezone", f"unknown time zone {timezone!r}")
-        timezone = "UTC"
+    datasets = parse_dataset_filter(sec)
+    timezone = sec.timezone("timezone", "UTC")
     return ZfsConfig(
         name=base.name,
         kind=base.kind,
@@ -121,8 +102,8 @@ def parse(sec: Section, base: SourceConfigBase) -> ZfsConfig:
         timeout=base.timeout,
         jitter=base.jitter,
         command_prefix=sec.str_list("command_prefix"),
-        include=include,
-        exclude=exclude,
+        include=datasets.include,
+        exclude=datasets.exclude,
         json=parse_json_mode(sec),
         timezone=timezone,
     )
