@@ -16,12 +16,23 @@ Errors become :class:`~exporter.sources.base.FetchError` with a reason:
   ``auth``, anything else -> ``http`` with ``data.reason``;
 * ``-32000`` (too many concurrent calls) and other codes -> ``http``;
 * TLS failures -> ``tls``; refused/reset connections -> ``connection``; a handshake answered
-  404 -> ``config`` (no JSON-RPC API: TrueNAS 24.10 and older only have the legacy ``/websocket``
-  and REST).
+  404 -> :class:`NoJsonRpcError` (``config``: no JSON-RPC API, TrueNAS 24.10 and older only have
+  the legacy ``/websocket`` and REST).
+
+:class:`TrueNASRestClient` is the second transport behind the same ``call(method, *params)``:
+REST ``https://HOST/api/v2.0`` (api-shapes §2.7), which TrueNAS 24.10 offers instead. A query
+method maps to a GET of its namespace (``pool.dataset.query`` -> ``/api/v2.0/pool/dataset``,
+``system.general.config`` -> ``/api/v2.0/system/general``), filters to ``?field=value`` and
+query options to ``limit``/``offset``/``extra.<opt>=<json>`` (24.10's ``restful.py``
+``_filterable_args`` JSON-decodes ``extra.*`` values); ``select`` has no REST form and is
+dropped (the whole entries come back). The bodies are the JSON-RPC results, same ejson.
+HTTP 401 -> ``auth``, 403 -> ``permission``, 404 -> ``parse`` (endpoint named), 422/5xx ->
+``http``, a body that is not JSON -> ``parse``.
 
 **Plain ws:// is refused for API keys.** TrueNAS revokes an API key that logs in over a
 non-TLS connection and answers ``EXPIRED`` (api-shapes §2.1, "TRAP"), so
-:meth:`TrueNASClient.login_api_key` raises before sending anything when the URL is ``ws://``.
+:meth:`TrueNASClient.login_api_key` raises before sending anything when the URL is ``ws://``
+(and :meth:`TrueNASRestClient.login_api_key` when it is ``http://``).
 Server messages are redacted of the key before they reach an error message.
 """
 
@@ -34,7 +45,7 @@ import ssl
 from collections.abc import Callable
 from datetime import UTC, date, datetime, time
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from yarl import URL
@@ -42,16 +53,28 @@ from yarl import URL
 from exporter.sources.base import FetchError
 
 __all__ = [
+    "PLAIN_HTTP_REFUSAL",
     "PLAIN_WS_REFUSAL",
+    "ApiClient",
     "MethodNotFoundError",
+    "NoJsonRpcError",
     "TrueNASClient",
+    "TrueNASRestClient",
     "api_url",
     "decode_ejson",
+    "rest_path",
+    "rest_query",
+    "rest_url",
 ]
 
 PLAIN_WS_REFUSAL = (
     "refusing to send an API key over plain ws://: TrueNAS revokes an API key that is used "
     "over an unencrypted connection (the key would stop working); use wss://"
+)
+
+PLAIN_HTTP_REFUSAL = (
+    "refusing to send an API key over plain http://: TrueNAS revokes an API key that is used "
+    "over an unencrypted connection (the key would stop working); use https://"
 )
 
 #: Snapshot listings of a busy NAS are large; aiohttp's default frame limit is 4 MiB.
@@ -66,6 +89,23 @@ class MethodNotFoundError(FetchError):
     def __init__(self, method: str) -> None:
         super().__init__("parse", f"TrueNAS has no method {method} (API version mismatch)")
         self.method = method
+
+
+class NoJsonRpcError(FetchError):
+    """The WebSocket handshake was answered 404: no JSON-RPC API (TrueNAS 24.10 or older)."""
+
+
+class ApiClient(Protocol):
+    """What the source needs of a transport (JSON-RPC WebSocket or REST)."""
+
+    async def login_api_key(self, api_key: str, *, username: str = "") -> None:
+        """Authenticate (or remember the key) without ever sending it in clear."""
+
+    async def call(self, method: str, *params: Any) -> Any:
+        """Call a middleware method; return its decoded result."""
+
+    async def close(self) -> None:
+        """Release the connection (idempotent)."""
 
 
 def decode_ejson(obj: dict[str, Any]) -> Any:
@@ -166,33 +206,17 @@ class TrueNASClient:
         except aiohttp.WSServerHandshakeError as exc:
             await self.close()
             raise self._handshake_error(exc.status) from None
-        except aiohttp.ClientConnectorCertificateError as exc:
-            await self.close()
-            raise FetchError(
-                "tls",
-                f"certificate of {self.where} not trusted ({exc.certificate_error}); "
-                "set ca_file to the TrueNAS certificate (or verify_tls: false)",
-            ) from None
-        except aiohttp.ClientSSLError as exc:
-            await self.close()
-            raise FetchError("tls", f"TLS handshake with {self.where} failed: {exc}") from None
-        except aiohttp.ClientConnectorError as exc:
-            await self.close()
-            why = exc.os_error.strerror or type(exc.os_error).__name__
-            raise FetchError("connection", f"cannot connect to {self.where}: {why}") from None
         except (aiohttp.ClientError, OSError) as exc:
             await self.close()
-            raise FetchError(
-                "connection", f"cannot connect to {self.where}: {type(exc).__name__}"
-            ) from None
+            raise _transport_error(exc, self.where) from None
 
     def _handshake_error(self, status: int) -> FetchError:
         if status == 404:
-            return FetchError(
+            return NoJsonRpcError(
                 "config",
                 f"{self.url.path} on {self.where} has no JSON-RPC API (HTTP 404): TrueNAS "
-                "24.10 and older offer only the legacy /websocket and REST APIs; "
-                "this exporter needs TrueNAS 25.04 or newer",
+                "24.10 and older offer only the legacy /websocket and REST APIs "
+                "(JSON-RPC needs TrueNAS 25.04 or newer)",
             )
         if status in (401, 403):
             return FetchError("auth", f"{self.where} refused the WebSocket (HTTP {status})")
@@ -312,6 +336,199 @@ class TrueNASClient:
             raise FetchError(
                 "auth", "TrueNAS rejected the API key (auth.login_with_api_key returned false)"
             )
+
+
+def _transport_error(exc: BaseException, where: str) -> FetchError:
+    """Map an aiohttp/OS failure to connect to ``tls`` or ``connection``."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return FetchError(
+            "tls",
+            f"certificate of {where} not trusted ({exc.certificate_error}); "
+            "set ca_file to the TrueNAS certificate (or verify_tls: false)",
+        )
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return FetchError("tls", f"TLS handshake with {where} failed: {exc}")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        why = exc.os_error.strerror or type(exc.os_error).__name__
+        return FetchError("connection", f"cannot connect to {where}: {why}")
+    return FetchError("connection", f"cannot connect to {where}: {type(exc).__name__}")
+
+
+def rest_url(url: str | URL) -> URL:
+    """Return the REST base ``https://HOST[:PORT]/api/v2.0`` of a ws/wss/http/https URL."""
+    parsed = URL(url) if isinstance(url, str) else url
+    scheme = {"wss": "https", "ws": "http"}.get(parsed.scheme, parsed.scheme)
+    if scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"invalid TrueNAS URL {str(url)!r} (expected https://host[:port])")
+    return parsed.with_scheme(scheme).with_path("/api/v2.0").with_query(None).with_fragment(None)
+
+
+def rest_path(method: str) -> str:
+    """Return a method's REST resource (``pool.dataset.query`` -> ``pool/dataset``).
+
+    ``restful.py`` serves a CRUD service's ``query`` and a config service's ``config`` on the
+    service path itself, any other method on ``<service>/<method>``.
+    """
+    for suffix in (".query", ".config"):
+        if method.endswith(suffix):
+            method = method[: -len(suffix)]
+            break
+    return method.replace(".", "/")
+
+
+_REST_OPS = {"=": "", "!=": "__neq", ">": "__gt", "<": "__lt", ">=": "__gte", "<=": "__lte"}
+
+
+def rest_query(params: tuple[Any, ...]) -> list[tuple[str, str]]:
+    """Turn ``[filters, options]`` into REST query parameters (api-shapes §2.1).
+
+    Filters ``[field, op, value]`` become ``field[__op]=value``; ``limit``/``offset`` pass
+    through; each ``extra`` option becomes ``extra.<opt>=<json>``. ``select``/``order_by`` have
+    no REST form and are dropped (the parsers read whole entries anyway).
+    """
+    query: list[tuple[str, str]] = []
+    filters = params[0] if params and isinstance(params[0], list) else []
+    options = params[1] if len(params) > 1 and isinstance(params[1], dict) else {}
+    for item in filters:
+        if not isinstance(item, (list, tuple)) or len(item) != 3 or item[1] not in _REST_OPS:
+            raise ValueError(f"filter {item!r} has no REST form")
+        field, op, value = item
+        text = json.dumps(value) if not isinstance(value, str) else value
+        query.append((f"{field}{_REST_OPS[op]}", text))
+    for key in ("limit", "offset"):
+        if isinstance(options.get(key), int) and options[key]:
+            query.append((key, str(options[key])))
+    extra = options.get("extra")
+    if isinstance(extra, dict):
+        query.extend((f"extra.{k}", json.dumps(v)) for k, v in extra.items())
+    return query
+
+
+class TrueNASRestClient:
+    """REST ``/api/v2.0`` over https with ``Authorization: Bearer`` (TrueNAS 24.10).
+
+    Same interface as :class:`TrueNASClient`: ``login_api_key`` only remembers the key (REST
+    is stateless: every request carries it), ``call(method, *params)`` GETs the method's
+    resource. ``on_call`` is called with each method name before its request is sent.
+    """
+
+    def __init__(
+        self,
+        url: str | URL,
+        *,
+        ssl_context: ssl.SSLContext | bool = True,
+        on_call: Callable[[str], None] | None = None,
+    ) -> None:
+        self.url = rest_url(url)
+        self._ssl = ssl_context
+        self._on_call = on_call
+        self._session: aiohttp.ClientSession | None = None
+        self._key = ""
+
+    @property
+    def plain(self) -> bool:
+        """Whether requests are unencrypted (``http://``)."""
+        return self.url.scheme == "http"
+
+    @property
+    def where(self) -> str:
+        """``host:port`` for messages."""
+        return f"{self.url.host}:{self.url.port}"
+
+    async def __aenter__(self) -> TrueNASRestClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Open the HTTP session (connections are made per request)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+
+    async def close(self) -> None:
+        """Close the session (idempotent, never raises)."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def login_api_key(self, api_key: str, *, username: str = "") -> None:
+        """Remember the key for the ``Authorization`` header; ``username`` is not needed.
+
+        Raises ``FetchError("config")`` on a plain ``http://`` URL, before anything is sent.
+        """
+        if self.plain:
+            raise FetchError("config", PLAIN_HTTP_REFUSAL)
+        self._key = api_key
+
+    def _redact(self, text: str) -> str:
+        if self._key:
+            text = text.replace(self._key, "***")
+        return text[:_MAX_REASON]
+
+    async def call(self, method: str, *params: Any) -> Any:
+        """GET the method's REST resource and return the decoded body; raise FetchError."""
+        session = self._session
+        if session is None:
+            raise FetchError("connection", f"not connected to {self.where}")
+        if not self._key:
+            raise FetchError("auth", f"no API key for {method} (login_api_key first)")
+        if self.plain:
+            raise FetchError("config", PLAIN_HTTP_REFUSAL)
+        endpoint = f"{self.url.path}/{rest_path(method)}"
+        try:
+            query = rest_query(params)
+        except ValueError as exc:
+            raise FetchError("config", f"{method}: {exc}") from None
+        if self._on_call is not None:
+            self._on_call(method)
+        try:
+            async with session.get(
+                self.url.with_path(endpoint),
+                params=query,
+                headers={"Authorization": f"Bearer {self._key}", "Accept": "application/json"},
+                ssl=self._ssl,
+                allow_redirects=False,  # never follow a redirect to plain http with the key
+            ) as resp:
+                status = resp.status
+                body = await resp.read()
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _transport_error(exc, self.where) from None
+        if status != 200:
+            raise self._status_error(status, body, endpoint)
+        try:
+            return json.loads(body, object_hook=decode_ejson)
+        except (ValueError, RecursionError):
+            raise FetchError(
+                "parse", f"TrueNAS sent invalid JSON from GET {endpoint} ({method})"
+            ) from None
+
+    def _status_error(self, status: int, body: bytes, endpoint: str) -> FetchError:
+        what = f"GET {endpoint} on {self.where}"
+        if status == 401:
+            return FetchError("auth", f"TrueNAS rejected the API key (HTTP 401 on {what})")
+        if status == 403:
+            return FetchError(
+                "permission",
+                f"not allowed: {what} (HTTP 403; give the API user's privilege the "
+                "READONLY_ADMIN role)",
+            )
+        if status == 404:
+            return FetchError(
+                "parse", f"TrueNAS has no REST endpoint {endpoint} (HTTP 404 on {what})"
+            )
+        reason = ""
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            answer = json.loads(body)
+            if isinstance(answer, dict) and isinstance(answer.get("message"), str):
+                reason = ": " + self._redact(answer["message"])
+        return FetchError("http", f"{what} failed with HTTP {status}{reason}")
 
 
 def _check_login_ex(answer: Any, username: str) -> None:

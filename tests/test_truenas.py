@@ -1,8 +1,9 @@
-"""``kind: truenas`` against the fake TrueNAS (25.04 and 25.10 flavours)."""
+"""``kind: truenas`` against the fake TrueNAS (24.10 over REST, 25.04 and 25.10 JSON-RPC)."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
@@ -69,7 +70,7 @@ def clock() -> FakeClock:
     return FakeClock(start=START)
 
 
-@pytest.fixture(params=["25.04", "25.10"])
+@pytest.fixture(params=["24.10", "25.04", "25.10"])
 def release(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -200,26 +201,39 @@ async def test_once_poll_renders_the_fakes_values(
 
     # SMART only where the API still has it; the snapshot method per release.
     methods = [f["method"] for f in scenario.frames]
-    if release == "25.04":
+    sdb_success = key(
+        "backup_smart_selftest_last_success_timestamp_seconds", device="/dev/sdb", test="short"
+    )
+    if release in ("24.10", "25.04"):
         assert "zfs.snapshot.query" in methods and "pool.snapshot.query" not in methods
         assert got[key("backup_smart_selftest_last_passed", device="/dev/sda", test="short")] == 1
         assert got[key("backup_smart_selftest_last_passed", device="/dev/sdb", test="short")] == 0
-        sdb_ok = START - 34 * 3600  # the fake's older passing short test: 34 h ago
-        assert (
-            got[
-                key(
-                    "backup_smart_selftest_last_success_timestamp_seconds",
-                    device="/dev/sdb",
-                    test="short",
-                )
-            ]
-            == sdb_ok
-        )
+        if release == "25.04":
+            assert got[sdb_success] == START - 34 * 3600  # the older passing test: 34 h ago
+        else:  # 24.10 has no power_on_hours_ago: no time is known for a test
+            assert sdb_success not in got
     else:
         assert "pool.snapshot.query" in methods and "zfs.snapshot.query" not in methods
         assert "smart.test.results" not in methods
         assert not [k for k in got if k[0].startswith("backup_smart_")]
         assert snapshot.smart is None
+
+    if release == "24.10":
+        # REST on the same host (no JSON-RPC API), the query options as extra.<opt>=<json>.
+        paths = [f["path"] for f in scenario.frames]
+        assert scenario.connections == 0 and paths[0] == "/api/v2.0/system/version"
+        assert "/api/v2.0/pool/dataset" in paths and "/api/v2.0/zfs/snapshot" in paths
+        (dataset_query,) = [f["query"] for f in scenario.frames if f["path"].endswith("/dataset")]
+        assert dataset_query["extra.flat"] == "true"
+        assert json.loads(dataset_query["extra.properties"]) == [
+            "used",
+            "available",
+            "quota",
+            "referenced",
+            "creation",
+        ]
+    else:
+        assert "auth.login_ex" in methods
 
     # Every call counted; the time zone came from system.general.config; no secrets leaked.
     assert poller.requests[""] == len(scenario.frames)
@@ -430,11 +444,36 @@ async def test_unknown_version_through_the_poller(
     assert "23.10.2" in state.error.message
 
 
-async def test_wrong_key_is_auth(fake: FakeTrueNAS, clock: FakeClock) -> None:
+async def test_wrong_key_is_auth(fake: FakeTrueNAS, clock: FakeClock, release: str) -> None:
     config = make_source(fake).config
-    source = TrueNASSource(dataclasses.replace(config, api_key=Secret("1-" + "0" * 64)))
+    wrong = "1-" + "0" * 64
+    source = TrueNASSource(dataclasses.replace(config, api_key=Secret(wrong)))
     state = await Poller(source, clock=clock).poll_once()
-    assert state.reason == "auth"
+    assert state.error is not None and state.reason == "auth"
+    assert wrong not in state.error.message and fake.api_key not in state.error.message
+    if release == "24.10":
+        assert "HTTP 401" in state.error.message
+
+
+@pytest.mark.parametrize("release", ["24.10"])
+async def test_rest_permission_and_missing_endpoint(
+    fake: FakeTrueNAS, scenario: TrueNASScenario, clock: FakeClock
+) -> None:
+    poller = Poller(make_source(fake), clock=clock)
+    scenario.denied_methods.add("cloudsync.query")
+    state = await poller.poll_once()
+    assert state.error is not None and state.reason == "permission"
+    assert "/api/v2.0/cloudsync" in state.error.message
+    scenario.denied_methods.clear()
+    scenario.missing_methods.add("smart.test.results")
+    state = await poller.poll_once()
+    assert state.error is not None and state.reason == "parse"
+    assert "/api/v2.0/smart/test/results" in state.error.message
+    scenario.missing_methods.clear()
+    scenario.results["pool.query"] = "not a list"
+    assert (await poller.poll_once()).reason == "parse"
+    del scenario.results["pool.query"]
+    assert (await poller.poll_once()).up
 
 
 async def test_hang_times_out_then_recovers(
@@ -517,6 +556,34 @@ async def test_plain_ws_is_refused_before_connecting(clock: FakeClock) -> None:
     assert err.value.reason == "config" and "wss://" in err.value.message
     assert scenario.connections == 0 and scenario.frames == []
     assert not scenario.key_revoked
+
+
+async def test_plain_http_is_refused_before_sending_the_key(clock: FakeClock) -> None:
+    # A 24.10 fake over plain http: the key must never leave, neither to the WebSocket nor REST.
+    scenario = homelab(clock.time, release="24.10", history_days=1)
+    fake = await start_fake_truenas(scenario, tls=False)
+    text = f"""
+sources:
+  nas: {{kind: truenas, url: "http://127.0.0.1:{fake.port}", api_key: "{fake.api_key}"}}
+"""
+    try:
+        with pytest.raises(ConfigError) as err:
+            parse_config(text, kinds=KINDS)
+        assert any(p.startswith("sources.nas.url:") for p in err.value.problems)
+        config = TrueNASConfig(
+            name="nas",
+            kind="truenas",
+            interval=600,
+            timeout=60,
+            url=f"http://127.0.0.1:{fake.port}",
+            api_key=Secret(fake.api_key),
+        )
+        with pytest.raises(FetchError) as refused:
+            await TrueNASSource(config).fetch(FetchContext(clock=clock))
+    finally:
+        await fake.stop()
+    assert refused.value.reason == "config" and "wss://" in refused.value.message
+    assert scenario.frames == [] and scenario.connections == 0 and not scenario.key_revoked
 
 
 def test_config_problems_are_reported_with_paths(tmp_path: Path) -> None:

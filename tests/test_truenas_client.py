@@ -1,4 +1,4 @@
-"""The TrueNAS JSON-RPC client: envelopes, ejson, error mapping, login and the ws:// refusal."""
+"""The TrueNAS clients: JSON-RPC envelopes, ejson, error mapping, login, the ws:// refusal, REST."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from aiohttp import WSMsgType, web
+from yarl import URL
 
 from exporter.clock import FakeClock
 from exporter.fakes.tls import SelfSignedCert, make_self_signed_cert
@@ -17,9 +18,14 @@ from exporter.fakes.truenas import FakeTrueNAS, TrueNASScenario, homelab, start_
 from exporter.sources.base import FetchError
 from exporter.truenas_client import (
     MethodNotFoundError,
+    NoJsonRpcError,
     TrueNASClient,
+    TrueNASRestClient,
     api_url,
     decode_ejson,
+    rest_path,
+    rest_query,
+    rest_url,
 )
 
 START = datetime(2026, 3, 10, 12, 0, tzinfo=UTC).timestamp()
@@ -266,4 +272,84 @@ async def test_invalid_json_404_and_redaction() -> None:
     assert secret not in str(echoed.value) and "***" in echoed.value.message
     assert bad_json.value.reason == "parse"
     assert not_found.value.reason == "config"
+    assert isinstance(not_found.value, NoJsonRpcError)  # the source falls back to REST on it
     assert "25.04" in not_found.value.message
+
+
+# ------------------------------------------------------------------------------ REST (24.10)
+
+
+def test_rest_mapping() -> None:
+    # restful.py: a CRUD service's query and a config service's config live on the service path.
+    assert rest_url("wss://nas.lan:8443/api/current") == URL("https://nas.lan:8443/api/v2.0")
+    assert rest_url("https://nas.lan") == URL("https://nas.lan/api/v2.0")
+    assert rest_path("pool.dataset.query") == "pool/dataset"
+    assert rest_path("zfs.snapshot.query") == "zfs/snapshot"
+    assert rest_path("smart.test.results") == "smart/test/results"
+    assert rest_path("system.general.config") == "system/general"
+    assert rest_path("system.version") == "system/version"
+    options = {"select": ["name"], "limit": 5, "extra": {"flat": True, "properties": ["used"]}}
+    assert rest_query(([["pool", "=", "tank"], ["id", ">", 3]], options)) == [
+        ("pool", "tank"),
+        ("id__gt", "3"),
+        ("limit", "5"),
+        ("extra.flat", "true"),
+        ("extra.properties", '["used"]'),
+    ]
+    assert rest_query(()) == []
+
+
+async def test_rest_refuses_plain_http_before_sending() -> None:
+    async with TrueNASRestClient("http://127.0.0.1:9") as client:  # nothing listens there
+        with pytest.raises(FetchError) as err:
+            await client.login_api_key("1-" + "k" * 64)
+        assert err.value.reason == "config" and "https://" in err.value.message
+        with pytest.raises(FetchError) as no_key:
+            await client.call("system.version")
+    assert no_key.value.reason == "auth"
+
+
+async def test_rest_status_and_body_errors() -> None:
+    secret = "7-" + "s" * 64
+    seen: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", ""))
+        status = int(request.match_info["status"])
+        if status == 200:
+            return web.Response(text='{"oops": ', content_type="application/json")
+        body = json.dumps({"message": f"boom with {secret}", "errno": 5})
+        return web.Response(status=status, text=body, content_type="application/json")
+
+    cert = make_self_signed_cert()
+    app = web.Application()
+    app.router.add_get("/api/v2.0/status/{status}", handler)
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=cert.server_context)
+    await site.start()
+    port = runner.addresses[0][1]
+    errors: dict[int, FetchError] = {}
+    try:
+        client = TrueNASRestClient(f"wss://127.0.0.1:{port}", ssl_context=cert.client_context())
+        async with client:
+            await client.login_api_key(secret)
+            for status in (200, 401, 403, 404, 422, 502):
+                with pytest.raises(FetchError) as err:
+                    await client.call(f"status.{status}")
+                errors[status] = err.value
+    finally:
+        await runner.cleanup()
+    assert seen[0] == f"Bearer {secret}"
+    reasons = {status: e.reason for status, e in errors.items()}
+    assert reasons == {
+        200: "parse",  # a body that is not JSON
+        401: "auth",
+        403: "permission",
+        404: "parse",
+        422: "http",
+        502: "http",
+    }
+    assert "/api/v2.0/status/404" in errors[404].message
+    assert "HTTP 502" in errors[502].message and "***" in errors[502].message
+    assert all(secret not in str(e) for e in errors.values())

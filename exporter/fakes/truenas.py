@@ -12,7 +12,13 @@ TLS (or plain ws:// for the refusal test), shaped as api-shapes §2 describes:
 * release ``"25.04"``: ``zfs.snapshot.query`` and ``smart.test.results``; release ``"25.10"``:
   ``pool.snapshot.query`` and no ``smart.*`` (``-32601``); both accept ``auth.login_ex``
   (API_KEY_PLAIN) and ``auth.login_with_api_key``;
-* an API-key login over plain ws:// revokes the key and answers ``EXPIRED``, as TrueNAS does.
+* release ``"24.10"``: no JSON-RPC API (the ``/api/current`` handshake and ``/api/versions``
+  answer 404); the same methods as 25.04 over REST ``GET /api/v2.0/<resource>`` (api-shapes
+  §2.7) with ``Authorization: Bearer <key>`` (401 otherwise), ``extra.<opt>=<json>`` query
+  options, 403 for a denied method, 404 for a missing one; SMART tests without
+  ``power_on_hours_ago`` (a 25.04.1 addition);
+* an API-key login over plain ws:// (or a key sent over plain http) revokes the key and
+  answers ``EXPIRED`` (401), as TrueNAS does.
 
 The data is a mutable :class:`TrueNASScenario` built from a clock (``now`` callable). Before
 every call it simulates lazily what happened since the last call: cloud-sync runs at their
@@ -60,7 +66,11 @@ GIB = 2**30
 DAY = 86400
 POOL_SIZE = 8 * 2**40  # 8 TiB of usable space
 
-_VERSIONS = {"25.04": "TrueNAS-25.04.2.6", "25.10": "TrueNAS-25.10.0"}
+_VERSIONS = {
+    "24.10": "TrueNAS-SCALE-24.10.2.4",
+    "25.04": "TrueNAS-25.04.2.6",
+    "25.10": "TrueNAS-25.10.0",
+}
 _API_VERSIONS = {
     "25.04": ["v25.04.0", "v25.04.1", "v25.04.2"],
     "25.10": ["v25.04.0", "v25.04.1", "v25.04.2", "v25.10.0"],
@@ -139,7 +149,7 @@ class TrueNASScenario:
     """Everything the fake serves, and the knobs tests and the demo turn."""
 
     now: Callable[[], float]
-    series: str = "25.04"  # the release line: 25.04 | 25.10
+    series: str = "25.04"  # the release line: 24.10 | 25.04 | 25.10
     version: str = ""  # system.version; empty: the release's usual string
     tz: str = "Europe/Berlin"
     username: str = "svc-exporter"
@@ -157,7 +167,8 @@ class TrueNASScenario:
     scan: dict[str, Any] = field(default_factory=dict)  # function, state, start, end, errors
     snapshot_keep: int = 14
     archive_keep: int = 14
-    frames: list[dict[str, Any]] = field(default_factory=list)  # every frame received
+    # Every frame received; over REST one {"method", "path", "query"} per request.
+    frames: list[dict[str, Any]] = field(default_factory=list)
     connections: int = 0
     key_revoked: bool = False
     results: dict[str, Any] = field(default_factory=dict)  # method -> raw result override
@@ -583,7 +594,8 @@ def homelab(
     archives), ``storage/immich``, ``storage/nextcloud``, ``storage/ha-backup``; a recursive
     daily snapshot kept 14 days; cloud-sync "B2 daily" (01:30, B2) and "Storj weekly"
     (Wednesday 05:00, STORJ_IX), both encrypted; a scrub of ``storage`` every 35 days on
-    Tuesdays at 02:10. SMART results for three disks on 25.04.
+    Tuesdays at 02:10. SMART results for three disks on 24.10 and 25.04 (24.10's without
+    ``power_on_hours_ago``, which 25.04.1 added).
     """
     cron = {"dom": "*", "month": "*"}
     scenario = TrueNASScenario(
@@ -622,7 +634,7 @@ def homelab(
             FakeScrubTask(1, "storage", 35, {"minute": "10", "hour": "2", "dow": "2", **cron})
         ],
     )
-    if release == "25.04":
+    if release in ("24.10", "25.04"):
         scenario.disks = [
             FakeDisk(
                 "sda",
@@ -693,6 +705,10 @@ def homelab(
                 ],
             ),
         ]
+    if release == "24.10":
+        for disk in scenario.disks:
+            for test in disk.tests:
+                test.pop("power_on_hours_ago", None)
     start = now() - history_days * DAY
     for ds in scenario.datasets:
         ds.created = start - 400 * DAY  # the pool was set up long ago
@@ -802,7 +818,6 @@ def _dispatch(
     params = frame.get("params") or []
     if frame.get("jsonrpc") != "2.0" or not isinstance(method, str) or not isinstance(params, list):
         return _error(call_id, -32600, "Invalid Request")
-    legacy = scenario.series == "25.04"
     if method in scenario.missing_methods:
         return _error(call_id, -32601, "Method does not exist")
     if method in ("auth.login_with_api_key", "auth.login_ex"):
@@ -813,6 +828,22 @@ def _dispatch(
         }
     if method == "core.ping":
         return {"jsonrpc": "2.0", "id": call_id, "result": "pong"}
+    handler = _handlers(scenario).get(method)
+    if handler is None and method not in scenario.results:
+        return _error(call_id, -32601, "Method does not exist")
+    if not session.authenticated:
+        return _call_error(call_id, "ENOTAUTHENTICATED", 13, "Not authenticated")
+    if method in scenario.denied_methods:
+        return _call_error(call_id, "EACCES", 13, "Not authorized")
+    scenario.sync()
+    if method in scenario.results:
+        return {"jsonrpc": "2.0", "id": call_id, "result": scenario.results[method]}
+    assert handler is not None
+    return {"jsonrpc": "2.0", "id": call_id, "result": handler(_options(params))}
+
+
+def _handlers(scenario: TrueNASScenario) -> dict[str, Callable[[dict[str, Any]], Any]]:
+    """Return the query methods of the scenario's release: method -> handler(options)."""
     handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
         "system.version": lambda o: scenario.version or _VERSIONS[scenario.series],
         "system.general.config": lambda o: {
@@ -832,23 +863,12 @@ def _dispatch(
     def snapshots(o: dict[str, Any]) -> Any:
         return _select(scenario.snapshot_entries((o.get("extra") or {}).get("properties")), o)
 
-    if legacy:
+    if scenario.series in ("24.10", "25.04"):
         handlers["zfs.snapshot.query"] = snapshots
         handlers["smart.test.results"] = lambda o: scenario.smart_entries()
     else:
         handlers["pool.snapshot.query"] = snapshots
-    handler = handlers.get(method)
-    if handler is None and method not in scenario.results:
-        return _error(call_id, -32601, "Method does not exist")
-    if not session.authenticated:
-        return _call_error(call_id, "ENOTAUTHENTICATED", 13, "Not authenticated")
-    if method in scenario.denied_methods:
-        return _call_error(call_id, "EACCES", 13, "Not authorized")
-    scenario.sync()
-    if method in scenario.results:
-        return {"jsonrpc": "2.0", "id": call_id, "result": scenario.results[method]}
-    assert handler is not None
-    return {"jsonrpc": "2.0", "id": call_id, "result": handler(_options(params))}
+    return handlers
 
 
 async def _answer(
@@ -863,8 +883,10 @@ async def _answer(
         await ws.send_str(json.dumps(reply))
 
 
-async def _websocket(request: web.Request) -> web.WebSocketResponse:
+async def _websocket(request: web.Request) -> web.StreamResponse:
     scenario = request.app[_SCENARIO]
+    if scenario.series == "24.10":
+        return web.Response(status=404, text="404: Not Found")  # no JSON-RPC API before 25.04
     ws = web.WebSocketResponse()
     await ws.prepare(request)
     scenario.connections += 1
@@ -897,7 +919,59 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
 
 
 async def _versions(request: web.Request) -> web.Response:
-    return web.json_response(_API_VERSIONS[request.app[_SCENARIO].series])
+    series = request.app[_SCENARIO].series
+    if series not in _API_VERSIONS:
+        return web.Response(status=404, text="404: Not Found")
+    return web.json_response(_API_VERSIONS[series])
+
+
+def _rest_resource(method: str) -> str:
+    for suffix in (".query", ".config"):
+        if method.endswith(suffix):
+            method = method[: -len(suffix)]
+            break
+    return method.replace(".", "/")
+
+
+def _rest_json(status: int, body: Any) -> web.Response:
+    return web.Response(status=status, text=json.dumps(body), content_type="application/json")
+
+
+async def _rest(request: web.Request) -> web.StreamResponse:
+    """``GET /api/v2.0/<resource>``: restful.py's Bearer auth and ``_filterable_args``."""
+    scenario = request.app[_SCENARIO]
+    if scenario.series != "24.10":
+        return web.Response(status=404, text="404: Not Found")  # REST is only faked for 24.10
+    resource = request.match_info["resource"].strip("/")
+    handlers = _handlers(scenario)
+    names = set(handlers) | set(scenario.results)
+    method = next((m for m in names if _rest_resource(m) == resource), None)
+    scenario.frames.append({"method": method, "path": request.path, "query": dict(request.query)})
+    await scenario._hang.wait()
+    if scenario.dropping:
+        if request.transport is not None:
+            request.transport.close()
+        return web.Response(status=500)
+    auth = request.headers.get("Authorization", "")
+    if auth.startswith("Bearer ") and not request.secure:
+        scenario.key_revoked = True  # a key seen in clear is revoked
+    if not auth.startswith("Bearer ") or auth[7:] != scenario.api_key or scenario.key_revoked:
+        return web.Response(status=401, text="401: Unauthorized")
+    if method is None or method in scenario.missing_methods:
+        return web.Response(status=404, text="404: Not Found")
+    if method in scenario.denied_methods:
+        return web.Response(status=403)
+    extra: dict[str, Any] = {}
+    for key, value in request.query.items():
+        if key.startswith("extra."):
+            try:
+                extra[key[len("extra.") :]] = json.loads(value)
+            except ValueError:
+                extra[key[len("extra.") :]] = value
+    scenario.sync()
+    if method in scenario.results:
+        return _rest_json(200, scenario.results[method])
+    return _rest_json(200, handlers[method]({"extra": extra}))
 
 
 def create_app(scenario: TrueNASScenario) -> web.Application:
@@ -908,6 +982,7 @@ def create_app(scenario: TrueNASScenario) -> web.Application:
     app.router.add_get("/api/versions", _versions)
     app.router.add_get("/api/current", _websocket)
     app.router.add_get("/api/{version:v[0-9.]+}", _websocket)
+    app.router.add_get("/api/v2.0/{resource:.+}", _rest)
     return app
 
 

@@ -1,12 +1,16 @@
 """``kind: truenas``: storage, scrub and cloud-sync tasks from the TrueNAS JSON-RPC 2.0 API.
 
 It reads datasets, snapshots, pools, scrub tasks, cloud-sync tasks and (up to 25.04) SMART
-results over the WebSocket API at ``wss://HOST/api/current`` (TrueNAS 25.04+).
+results over the WebSocket API at ``wss://HOST/api/current`` (TrueNAS 25.04+). When that
+handshake answers 404 (TrueNAS 24.10 has no JSON-RPC API), it reads the same methods through
+REST ``https://HOST/api/v2.0`` with ``Authorization: Bearer`` (api-shapes §2.7; the bodies are
+the JSON-RPC results, so the same parsers apply); never over plain http.
 
 One poll opens one connection, logs in with an API key and makes these read-only calls
-(each counted in ``backup_source_api_requests_total``):
+(each counted in ``backup_source_api_requests_total``; over REST one GET each):
 
-* ``auth.login_ex`` (API_KEY_PLAIN, with ``username``; falls back to ``auth.login_with_api_key``);
+* ``auth.login_ex`` (API_KEY_PLAIN, with ``username``; falls back to ``auth.login_with_api_key``;
+  none over REST, where each request carries the key);
 * ``system.version`` -> the API profile: snapshots from ``zfs.snapshot.query`` up to 25.04,
   ``pool.snapshot.query`` from 25.10; SMART from ``smart.test.results`` up to 25.04 only
   (25.10 removed SMART from the API: use a ``kind: smartctl`` source over ssh instead);
@@ -56,6 +60,7 @@ from types import MappingProxyType
 from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from yarl import URL
 
 from exporter.config import (
     KindSpec,
@@ -84,7 +89,14 @@ from exporter.storage import (
 )
 from exporter.threshold import ThresholdSchedule
 from exporter.tls import ClientSSL
-from exporter.truenas_client import PLAIN_WS_REFUSAL, TrueNASClient, api_url
+from exporter.truenas_client import (
+    PLAIN_WS_REFUSAL,
+    ApiClient,
+    NoJsonRpcError,
+    TrueNASClient,
+    TrueNASRestClient,
+    api_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -671,10 +683,8 @@ class TrueNASSource(Source[TrueNASConfig, TrueNASSnapshot]):
             raise FetchError("config", str(exc)) from None
         if url.scheme == "ws":
             raise FetchError("config", PLAIN_WS_REFUSAL)  # before connecting at all
-        client = TrueNASClient(
-            url, ssl_context=self._ssl.get(), on_call=lambda _method: ctx.count_request()
-        )
-        async with client:
+        client = await self._open(url, ctx)
+        try:
             await client.login_api_key(cfg.api_key.reveal(), username=cfg.username)
             profile = detect_version(await client.call("system.version"))
             tz = cfg.cron_timezone or await self._system_timezone(client)
@@ -727,6 +737,8 @@ class TrueNASSource(Source[TrueNASConfig, TrueNASSnapshot]):
             raw = await client.call("cloudsync.query", [], {})
             with _parsing("cloudsync.query"):
                 cloudsync = parse_cloudsync(raw, self._cloud_memory)
+        finally:
+            await client.close()
 
         for task in cloudsync:
             self._cloud_memory[task.id] = (task.last_success, task.last_failure)
@@ -745,7 +757,25 @@ class TrueNASSource(Source[TrueNASConfig, TrueNASSnapshot]):
             scrub_tasks=tuple(scrub_tasks),
         )
 
-    async def _system_timezone(self, client: TrueNASClient) -> str:
+    async def _open(self, url: URL, ctx: FetchContext) -> ApiClient:
+        """Connect over JSON-RPC; on a 404 handshake (TrueNAS 24.10) use REST on the same host."""
+
+        def count(_method: str) -> None:
+            ctx.count_request()
+
+        ws = TrueNASClient(url, ssl_context=self._ssl.get(), on_call=count)
+        try:
+            await ws.connect()
+        except NoJsonRpcError:
+            log.debug("source=%s no JSON-RPC API at %s; using REST", self.name, url.path)
+        else:
+            return ws
+        # wss:// was checked above, so this is https:// and the key is never sent in clear.
+        rest = TrueNASRestClient(url, ssl_context=self._ssl.get(), on_call=count)
+        await rest.connect()
+        return rest
+
+    async def _system_timezone(self, client: ApiClient) -> str:
         general = await client.call("system.general.config")
         tz = general.get("timezone") if isinstance(general, dict) else None
         if not isinstance(tz, str) or not tz:
