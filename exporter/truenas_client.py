@@ -45,7 +45,7 @@ import ssl
 from collections.abc import Callable
 from datetime import UTC, date, datetime, time
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import aiohttp
 from yarl import URL
@@ -143,7 +143,43 @@ def api_url(url: str) -> URL:
     return parsed.with_scheme(scheme).with_path(path).with_query(None).with_fragment(None)
 
 
-class TrueNASClient:
+class _Transport:
+    """What both transports share: the URL, the plain-text check and ``async with``."""
+
+    url: URL
+
+    @property
+    def plain(self) -> bool:
+        """Whether the connection is unencrypted (``ws://`` or ``http://``)."""
+        return self.url.scheme in ("ws", "http")
+
+    @property
+    def where(self) -> str:
+        """``host:port`` for messages."""
+        return f"{self.url.host}:{self.url.port}"
+
+    async def connect(self) -> None:
+        """Open the connection or session."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Close it."""
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class TrueNASClient(_Transport):
     """One WebSocket connection: sequential JSON-RPC calls with ids; use as ``async with``.
 
     ``on_call`` is called with each method name before it is sent (the source counts API
@@ -167,28 +203,6 @@ class TrueNASClient:
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._secrets: list[str] = []
-
-    @property
-    def plain(self) -> bool:
-        """Whether the connection is unencrypted (``ws://``)."""
-        return self.url.scheme == "ws"
-
-    @property
-    def where(self) -> str:
-        """``host:port`` for messages."""
-        return f"{self.url.host}:{self.url.port}"
-
-    async def __aenter__(self) -> TrueNASClient:
-        await self.connect()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def connect(self) -> None:
         """Open the WebSocket; raise :class:`FetchError` when that fails."""
@@ -404,7 +418,7 @@ def rest_query(params: tuple[Any, ...]) -> list[tuple[str, str]]:
     return query
 
 
-class TrueNASRestClient:
+class TrueNASRestClient(_Transport):
     """REST ``/api/v2.0`` over https with ``Authorization: Bearer`` (TrueNAS 24.10).
 
     Same interface as :class:`TrueNASClient`: ``login_api_key`` only remembers the key (REST
@@ -424,28 +438,6 @@ class TrueNASRestClient:
         self._on_call = on_call
         self._session: aiohttp.ClientSession | None = None
         self._key = ""
-
-    @property
-    def plain(self) -> bool:
-        """Whether requests are unencrypted (``http://``)."""
-        return self.url.scheme == "http"
-
-    @property
-    def where(self) -> str:
-        """``host:port`` for messages."""
-        return f"{self.url.host}:{self.url.port}"
-
-    async def __aenter__(self) -> TrueNASRestClient:
-        await self.connect()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def connect(self) -> None:
         """Open the HTTP session (connections are made per request)."""
