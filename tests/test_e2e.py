@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import re
 import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,7 +189,13 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
 async def test_broken_backup_pages_with_the_right_alert_and_resolves(stack: Stack) -> None:
     # Baseline: the healthy homelab fires the Watchdog and nothing else.
     await stack.wait_for_notification("BackupWatchdog", "firing")
-    started = asyncio.get_running_loop().time()
+
+    async def only_the_watchdog() -> bool:
+        # Before the first scrape BackupExporterAbsent is (rightly) pending; wait it out.
+        return not await stack.query('ALERTS{alertname!="BackupWatchdog"}')
+
+    await wait_until(only_the_watchdog, "no alert but the Watchdog")
+    started = time.time()  # Prometheus stamps samples with this same wall clock
     firing = await stack.query('ALERTS{alertstate="firing"}')
     assert {r["metric"]["alertname"] for r in firing} == {"BackupWatchdog"}, firing
 
@@ -212,8 +219,8 @@ async def test_broken_backup_pages_with_the_right_alert_and_resolves(stack: Stac
 
     assert stack.names() == {"BackupWatchdog", "BackupJobFailed"}, stack.notifications
     # Prometheus' own record over the whole run agrees: nothing else was ever pending.
-    window = int(asyncio.get_running_loop().time() - started) + 1
-    seen = await stack.query(f"count by (alertname) (max_over_time(ALERTS[{window}s]))")
+    window_ms = int((time.time() - started) * 1000)
+    seen = await stack.query(f"count by (alertname) (max_over_time(ALERTS[{window_ms}ms]))")
     assert {r["metric"]["alertname"] for r in seen} == {"BackupWatchdog", "BackupJobFailed"}
 
 
