@@ -38,7 +38,7 @@ pytest: venv debs
 test: venv debs lint pytest
 
 demo: venv
-	$(BIN)/python -m exporter.demo
+	$(BIN)/python -m exporter.sim.demo
 
 bench: venv
 	$(BIN)/python bench/bucket_memory.py

@@ -7,7 +7,7 @@ Each measurement runs in a fresh subprocess. It sets up b2sdk against a syntheti
 itself holds no objects), lists 1,000 objects once to warm imports and caches, records
 ``ru_maxrss`` as the baseline, then lists N objects:
 
-* ``streaming``: the real ``B2Source.fetch()`` of ``exporter.sources.b2`` (b2sdk
+* ``streaming``: the real ``B2Source.fetch()`` of ``exporter.sources.b2.source`` (b2sdk
   ``Bucket.ls(fetch_count=1000)`` → ``PrefixAggregate``, with restore-check reservoir
   sampling on every object), exactly the production code path;
 * ``naive``: what peer exporters do, ``list(bucket.ls(...))`` and then aggregate.
@@ -32,10 +32,10 @@ from typing import Any
 
 from b2sdk.v3 import B2Api, B2HttpApiConfig, InMemoryAccountInfo, RawSimulator
 
-from exporter.buckets import BucketConfig, PrefixAggregate, RestoreCheckConfig
-from exporter.clock import SystemClock
-from exporter.config import Secret
-from exporter.sources.b2 import B2Config, B2Source
+from exporter.buckets.engine import BucketConfig, PrefixAggregate, RestoreCheckConfig
+from exporter.core.clock import SystemClock
+from exporter.core.config import Secret
+from exporter.sources.b2.source import B2Config, B2Source
 from exporter.sources.base import FetchContext
 
 SIZES = (10_000, 200_000)

@@ -3,7 +3,7 @@
 Run: ``.venv/bin/python bench/scrape_latency.py`` (about 1.5 min on 2 slow cores, plus ~10 s
 the first time to create the peer's venv). ``--help`` lists the knobs.
 
-Both exporters read the same simulated homelab (``exporter.fakes.pve.homelab``: node
+Both exporters read the same simulated homelab (``exporter.sim.pve.homelab``: node
 ``pve1``, VM 100 backed up nightly, CT 101 uncovered) from an in-process fake PVE API over
 HTTPS on 127.0.0.1. Each exporter gets its own instance of the fake, so each fake's request
 log (``scenario.requests``) counts exactly one exporter's upstream calls. Nothing but
@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exporter.fakes.pve import FakePVE, homelab, start_fake_pve
+from exporter.sim.pve import FakePVE, homelab, start_fake_pve
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER_VENV = ROOT / "bench" / ".venv-peer"

@@ -1,5 +1,5 @@
 """Run the exporter as ``python -m exporter``."""
 
-from exporter.cli import main
+from exporter.core.cli import main
 
 raise SystemExit(main())

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from exporter.config import KindSpec, Section, SourceConfig, SourceConfigBase
+from exporter.core.config import KindSpec, Section, SourceConfig, SourceConfigBase
 from exporter.sources.base import FetchContext, FetchError, Source
 
 SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"

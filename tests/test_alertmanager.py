@@ -22,7 +22,7 @@ import pytest
 import yaml
 from test_alerts import alert_rules, require_tool, run
 
-from exporter.stack import local_alertmanager_config
+from exporter.sim.stack import local_alertmanager_config
 
 CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "alertmanager.yml"
 RECEIVER_BY_SEVERITY = {"critical": "pager", "warning": "notify", "info": "null"}

@@ -9,10 +9,10 @@ from aiohttp.test_utils import TestClient
 from conftest import memory_source
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.app import create_app
-from exporter.clock import FakeClock
-from exporter.config import Config
-from exporter.poller import Poller
+from exporter.core.app import create_app
+from exporter.core.clock import FakeClock
+from exporter.core.config import Config
+from exporter.core.poller import Poller
 from exporter.sources.base import FetchError
 
 ClientFactory = Callable[[Any], Awaitable[TestClient[Any, Any]]]

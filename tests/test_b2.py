@@ -20,12 +20,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.buckets import BucketsSnapshot
-from exporter.clock import FakeClock
-from exporter.collector import SnapshotCollector
-from exporter.config import ConfigError, parse_config
-from exporter.poller import Poller
-from exporter.sources.b2 import B2Source, _OneTryB2Http, b2_error, production_api
+from exporter.buckets.engine import BucketsSnapshot
+from exporter.core.clock import FakeClock
+from exporter.core.collector import SnapshotCollector
+from exporter.core.config import ConfigError, parse_config
+from exporter.core.poller import Poller
+from exporter.sources.b2.source import B2Source, _OneTryB2Http, b2_error, production_api
 
 MS = 1000
 # 2026-01-29 21:00:03 UTC, the time of a real vzdump archive name (api-shapes §5).

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.buckets import (
+from exporter.buckets.engine import (
     BlockingCall,
     BucketConfig,
     BucketSource,
@@ -34,9 +34,9 @@ from exporter.buckets import (
     render_buckets,
     verify,
 )
-from exporter.clock import FakeClock
-from exporter.config import Problems, Section
-from exporter.poller import Poller
+from exporter.core.clock import FakeClock
+from exporter.core.config import Problems, Section
+from exporter.core.poller import Poller
 from exporter.sources.base import FetchError
 
 MIB = 2**20

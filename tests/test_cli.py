@@ -16,7 +16,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.fakes.pve import FakePVE, PVEScenario, homelab, start_fake_pve
+from exporter.sim.pve import FakePVE, PVEScenario, homelab, start_fake_pve
 
 CANARY = "canary-7d1e5a90-secret"
 PROMTOOL = "/usr/bin/promtool"

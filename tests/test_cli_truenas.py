@@ -10,7 +10,7 @@ import pytest
 import yaml
 from test_cli import PROMTOOL, run_cli, samples
 
-from exporter.fakes.truenas import homelab, start_fake_truenas
+from exporter.sim.truenas import homelab, start_fake_truenas
 
 
 @pytest.mark.parametrize("release", ["25.04", "25.10"])

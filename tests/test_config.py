@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from conftest import MEMORY_SPEC
 
-from exporter.config import (
+from exporter.core.config import (
     ConfigError,
     Secret,
     Section,
@@ -113,7 +113,7 @@ def test_invalid_yaml_names_the_line() -> None:
 
 
 def _secret_section(data: dict[str, object], tmp_path: Path) -> tuple[Section, list[str]]:
-    from exporter.config import Problems
+    from exporter.core.config import Problems
 
     problems = Problems()
     return Section(data, "sources.pve1", problems, tmp_path), problems.items
@@ -154,7 +154,7 @@ def test_only_configured_kinds_are_imported(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yml"
     cfg.write_text(f"sources:\n  ha: {{kind: files, path: {tmp_path}}}\n")
     code = (
-        "import sys; from exporter.config import load_config; "
+        "import sys; from exporter.core.config import load_config; "
         f"load_config({str(cfg)!r}); "
         "print(sorted(m for m in ('b2sdk', 'boto3', 'proxmoxer') if m in sys.modules))"
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config import load_config
+from exporter.core.config import load_config
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 SECRETS = (

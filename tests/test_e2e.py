@@ -29,11 +29,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from promql_names import metric_names_in, rule_queries
 from test_dashboards import load_generator
 
-from exporter.app import create_app
-from exporter.clock import SystemClock
-from exporter.homelab import Homelab, start_homelab
-from exporter.poller import Poller
-from exporter.stack import (
+from exporter.core.app import create_app
+from exporter.core.clock import SystemClock
+from exporter.core.poller import Poller
+from exporter.sim.homelab import Homelab, start_homelab
+from exporter.sim.stack import (
     Daemon,
     fast_rules,
     local_alertmanager_config,

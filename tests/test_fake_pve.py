@@ -11,8 +11,8 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import pytest
 
-from exporter.clock import FakeClock
-from exporter.fakes.pve import FakeGuest, FakeJob, FakePVE, PVEScenario, homelab, start_fake_pve
+from exporter.core.clock import FakeClock
+from exporter.sim.pve import FakeGuest, FakeJob, FakePVE, PVEScenario, homelab, start_fake_pve
 from exporter.vzdump import parse_volid
 
 BERLIN = ZoneInfo("Europe/Berlin")

@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from exporter.clock import FakeClock
-from exporter.fakes.pve import FakeGuest, FakePVE, PVEScenario, homelab, start_fake_pve
+from exporter.core.clock import FakeClock
+from exporter.sim.pve import FakeGuest, FakePVE, PVEScenario, homelab, start_fake_pve
 
 START = 1_780_000_000.0
 

@@ -9,10 +9,10 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.clock import FakeClock
-from exporter.collector import SnapshotCollector
-from exporter.config import parse_config
-from exporter.poller import Poller
+from exporter.core.clock import FakeClock
+from exporter.core.collector import SnapshotCollector
+from exporter.core.config import parse_config
+from exporter.core.poller import Poller
 from exporter.sources import build_source
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -116,7 +116,7 @@ async def test_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("pattern", ["/etc/*", "../*"])
 def test_glob_may_not_escape_path(tmp_path: Path, pattern: str) -> None:
-    from exporter.config import ConfigError
+    from exporter.core.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"sources\.x\.glob"):
         parse_config(f"sources:\n  x: {{kind: files, path: {tmp_path}, glob: '{pattern}'}}\n")

@@ -14,10 +14,11 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.clock import FakeClock
-from exporter.collector import SnapshotCollector
-from exporter.config import ConfigError, JobConfig, parse_config
-from exporter.fakes.healthchecks import (
+from exporter.core.clock import FakeClock
+from exporter.core.collector import SnapshotCollector
+from exporter.core.config import ConfigError, JobConfig, parse_config
+from exporter.core.poller import Poller, PollState
+from exporter.sim.healthchecks import (
     FakeCheck,
     FakeHealthchecks,
     FakeRun,
@@ -25,10 +26,9 @@ from exporter.fakes.healthchecks import (
     homelab,
     start_fake_healthchecks,
 )
-from exporter.poller import Poller, PollState
 from exporter.sources import build_source
 from exporter.sources.base import FetchError
-from exporter.sources.healthchecks import (
+from exporter.sources.healthchecks.source import (
     HealthchecksSnapshot,
     HealthchecksSource,
     parse_checks,
@@ -363,7 +363,7 @@ async def test_oncalendar_schedules_and_unsupported_ones(
     make: Factory,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="exporter.sources.healthchecks")
+    caplog.set_level(logging.WARNING, logger="exporter.sources.healthchecks.source")
     scenario.checks += [
         FakeCheck(
             name="Office sync",

@@ -7,8 +7,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from exporter.jobs import Evidence, JobSpec, evaluate
-from exporter.schedule import parse_schedule
+from exporter.schedule.expressions import parse_schedule
+from exporter.schedule.jobs import Evidence, JobSpec, evaluate
 
 BERLIN = ZoneInfo("Europe/Berlin")
 UTC = ZoneInfo("UTC")

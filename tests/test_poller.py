@@ -7,8 +7,8 @@ import random
 import pytest
 from conftest import memory_source
 
-from exporter.clock import FakeClock
-from exporter.poller import Poller
+from exporter.core.clock import FakeClock
+from exporter.core.poller import Poller
 from exporter.sources.base import FetchError
 
 
@@ -24,7 +24,7 @@ async def test_success_records_snapshot_time_and_requests() -> None:
 
 
 async def test_failure_keeps_last_good_snapshot(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="exporter.poller")
+    caplog.set_level(logging.INFO, logger="exporter.core.poller")
     clock = FakeClock()
     src = memory_source(value=1)
     poller = Poller(src, clock=clock)

@@ -16,13 +16,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.clock import FakeClock
-from exporter.config import ConfigError, Secret, parse_config
-from exporter.fakes.pve import FakeGuest, FakePVE, FakeStorage, PVEScenario, homelab, start_fake_pve
-from exporter.jobs import evaluate, render_jobs
-from exporter.poller import Poller, PollState
+from exporter.core.clock import FakeClock
+from exporter.core.config import ConfigError, Secret, parse_config
+from exporter.core.poller import Poller, PollState
+from exporter.schedule.jobs import evaluate, render_jobs
+from exporter.sim.pve import FakeGuest, FakePVE, FakeStorage, PVEScenario, homelab, start_fake_pve
 from exporter.sources import _MODULES
-from exporter.sources.proxmox import (
+from exporter.sources.proxmox.source import (
     SPEC,
     Archive,
     BackupJob,

@@ -9,11 +9,11 @@ import yaml
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.app import create_app
-from exporter.clock import FakeClock
-from exporter.config import parse_config
-from exporter.fakes.pve import homelab, start_fake_pve
-from exporter.poller import Poller
+from exporter.core.app import create_app
+from exporter.core.clock import FakeClock
+from exporter.core.config import parse_config
+from exporter.core.poller import Poller
+from exporter.sim.pve import homelab, start_fake_pve
 from exporter.sources import build_source
 
 ClientFactory = Callable[[Any], Awaitable[TestClient[Any, Any]]]

@@ -27,12 +27,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.buckets import multipart_etag
-from exporter.clock import FakeClock
-from exporter.config import parse_config
-from exporter.poller import Poller
+from exporter.buckets.engine import multipart_etag
+from exporter.core.clock import FakeClock
+from exporter.core.config import parse_config
+from exporter.core.poller import Poller
 from exporter.sources.base import FetchContext
-from exporter.sources.s3 import S3Source, default_price, s3_error
+from exporter.sources.s3.source import S3Source, default_price, s3_error
 
 BASE = datetime(2026, 1, 29, 21, 0, 3, tzinfo=UTC)
 NOW = (BASE + timedelta(days=40)).timestamp()

@@ -1,4 +1,4 @@
-"""Tests of exporter.schedule: cron and Proxmox calendar events, DST rules and properties."""
+"""Tests of the schedule expressions: cron and Proxmox calendar events, DST rules and properties."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.schedule import (
+from exporter.schedule.expressions import (
     LOOKBACK,
     CalendarSchedule,
     CronSchedule,

@@ -13,10 +13,16 @@ from typing import Any
 import pytest
 from prometheus_client.core import Metric
 
-from exporter.clock import FakeClock
-from exporter.config import ConfigError, parse_config
+from exporter.core.clock import FakeClock
+from exporter.core.config import ConfigError, parse_config
 from exporter.sources.base import FetchContext, FetchError
-from exporter.sources.smartctl import SPEC, DeviceSpec, SmartctlConfig, SmartctlSource, parse_scan
+from exporter.sources.smartctl.source import (
+    SPEC,
+    DeviceSpec,
+    SmartctlConfig,
+    SmartctlSource,
+    parse_scan,
+)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 BIN = FIXTURES / "bin"

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from exporter.app import create_app
-from exporter.clock import FakeClock
-from exporter.config import parse_config
-from exporter.poller import Poller
+from exporter.core.app import create_app
+from exporter.core.clock import FakeClock
+from exporter.core.config import parse_config
+from exporter.core.poller import Poller
 from exporter.sources import build_source
 
 NOW = 1_795_700_000.0  # 2026-11-26 13:33 UTC

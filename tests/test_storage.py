@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.storage import (
+from exporter.storage.model import (
     EXIT_STATUS_FLAGS,
     POOL_STATES,
     DatasetFilter,

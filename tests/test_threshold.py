@@ -8,9 +8,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from exporter.jobs import Evidence, JobSpec, evaluate
-from exporter.schedule import parse_schedule
-from exporter.threshold import ThresholdSchedule
+from exporter.schedule.expressions import parse_schedule
+from exporter.schedule.jobs import Evidence, JobSpec, evaluate
+from exporter.schedule.threshold import ThresholdSchedule
 
 BERLIN = ZoneInfo("Europe/Berlin")
 DAY = 86400.0

@@ -15,14 +15,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.clock import FakeClock
-from exporter.collector import SnapshotCollector
-from exporter.config import ConfigError, Secret, parse_config
-from exporter.fakes.truenas import GIB, FakeTrueNAS, TrueNASScenario, homelab, start_fake_truenas
-from exporter.jobs import evaluate
-from exporter.poller import Poller, PollState
+from exporter.core.clock import FakeClock
+from exporter.core.collector import SnapshotCollector
+from exporter.core.config import ConfigError, Secret, parse_config
+from exporter.core.poller import Poller, PollState
+from exporter.schedule.jobs import evaluate
+from exporter.sim.truenas import GIB, FakeTrueNAS, TrueNASScenario, homelab, start_fake_truenas
 from exporter.sources.base import FetchContext, FetchError
-from exporter.sources.truenas import (
+from exporter.sources.truenas.source import (
     SPEC,
     TrueNASConfig,
     TrueNASSnapshot,
@@ -30,7 +30,7 @@ from exporter.sources.truenas import (
     detect_version,
     parse_datasets,
 )
-from exporter.storage import DatasetFilter
+from exporter.storage.model import DatasetFilter
 
 PROMTOOL = Path("/usr/bin/promtool")
 BERLIN = ZoneInfo("Europe/Berlin")

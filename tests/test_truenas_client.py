@@ -12,11 +12,11 @@ import pytest
 from aiohttp import WSMsgType, web
 from yarl import URL
 
-from exporter.clock import FakeClock
-from exporter.fakes.tls import SelfSignedCert, make_self_signed_cert
-from exporter.fakes.truenas import FakeTrueNAS, TrueNASScenario, homelab, start_fake_truenas
+from exporter.core.clock import FakeClock
+from exporter.sim.tls import SelfSignedCert, make_self_signed_cert
+from exporter.sim.truenas import FakeTrueNAS, TrueNASScenario, homelab, start_fake_truenas
 from exporter.sources.base import FetchError
-from exporter.truenas_client import (
+from exporter.sources.truenas.client import (
     MethodNotFoundError,
     NoJsonRpcError,
     TrueNASClient,

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from prometheus_client.core import Metric
 
-from exporter.clock import FakeClock
-from exporter.command import run_command
-from exporter.config import ConfigError, parse_config
+from exporter.core.clock import FakeClock
+from exporter.core.command import run_command
+from exporter.core.config import ConfigError, parse_config
 from exporter.sources.base import FetchContext, FetchError
-from exporter.sources.zfs import SPEC, ZfsConfig, ZfsSource
+from exporter.sources.zfs.source import SPEC, ZfsConfig, ZfsSource
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 BIN = FIXTURES / "bin"

@@ -11,7 +11,7 @@ import importlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from exporter.config import KindSpec, SourceConfig
+from exporter.core.config import KindSpec, SourceConfig
 from exporter.sources.base import Source
 
 # One module per kind, named after it; each defines ``SPEC: KindSpec`` and ``KIND: str``.

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, ClassVar, Generic, Literal, ParamSpec, TypeVar
 
 from prometheus_client.core import Metric
 
-from exporter.clock import Clock
-from exporter.config import SourceConfig
+from exporter.core.clock import Clock
+from exporter.core.config import SourceConfig
 
 if TYPE_CHECKING:
-    from exporter.jobs import Evidence, JobSpec
+    from exporter.schedule.jobs import Evidence, JobSpec
 
 Reason = Literal["timeout", "auth", "permission", "tls", "http", "parse", "connection", "config"]
 REASONS: tuple[Reason, ...] = get_args(Reason)

@@ -1,0 +1,193 @@
+"""Command line: ``serve`` (default), ``check-config``, ``once`` and ``schedule``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+
+from exporter import __version__
+from exporter.core.app import build_pollers, create_app
+from exporter.core.clock import SystemClock
+from exporter.core.collector import SnapshotCollector
+from exporter.core.config import Config, ConfigError, load_config
+
+log = logging.getLogger("exporter")
+
+DEFAULT_CONFIG = "/etc/backup-exporter/config.yml"
+DEFAULT_LISTEN = ":9879"
+EXIT_CONFIG = 2
+
+
+class LogfmtFormatter(logging.Formatter):
+    """``ts=… level=… logger=… msg="…"`` lines, as Prometheus' own binaries log."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Format one record as logfmt."""
+        ts = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+        msg = record.getMessage().replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        line = f'ts={ts} level={record.levelname.lower()} logger={record.name} msg="{msg}"'
+        if record.exc_info:
+            exc = self.formatException(record.exc_info).replace("\n", "\\n").replace('"', "'")
+            line += f' exc="{exc}"'
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Format one record as JSON."""
+        doc = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    """Send logs to stderr in logfmt or JSON."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # Third-party clients log request URLs at debug level; keep them quiet.
+    for noisy in ("urllib3", "botocore", "boto3", "b2sdk", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="backup-exporter",
+        description="Prometheus exporter that checks every backup happened, on time.",
+    )
+    parser.add_argument("--version", action="version", version=f"backup-exporter {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log.level", dest="log_level", default="info",
+                        choices=["debug", "info", "warning", "error"])  # fmt: skip
+    common.add_argument("--log.format", dest="log_format", default="logfmt",
+                        choices=["logfmt", "json"])  # fmt: skip
+    sub = parser.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", parents=[common], help="run the exporter (default)")
+    serve.add_argument("--config.file", dest="config_file", default=DEFAULT_CONFIG)
+    serve.add_argument("--web.listen-address", dest="listen", default=DEFAULT_LISTEN,
+                       help=f"host:port to listen on (default {DEFAULT_LISTEN})")  # fmt: skip
+    check = sub.add_parser("check-config", parents=[common], help="validate a config file")
+    check.add_argument("file")
+    once = sub.add_parser("once", parents=[common], help="poll every source once and print")
+    once.add_argument("--config.file", dest="config_file", default=DEFAULT_CONFIG)
+    sched = sub.add_parser("schedule", parents=[common], help="print the next start times")
+    sched.add_argument("expression")
+    sched.add_argument("--tz", default="UTC", help="IANA time zone (default UTC)")
+    sched.add_argument("--after", help="ISO 8601 start instant (default now)")
+    sched.add_argument("--count", type=int, default=5)
+    return parser
+
+
+def _load(path: str) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+        return None
+
+
+def _split_listen(address: str) -> tuple[str | None, int]:
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    return (host or None), int(port)
+
+
+async def _serve(config: Config, listen: str) -> None:
+    app = create_app(config)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, port = _split_listen(listen)
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    log.info("listening on %s with %d sources", listen, len(config.sources))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await runner.cleanup()
+
+
+async def _once(config: Config) -> tuple[bytes, bool]:
+    clock = SystemClock()
+    pollers = build_pollers(config, clock=clock)
+    try:
+        await asyncio.gather(*(p.poll_once() for p in pollers))
+    finally:
+        for p in pollers:
+            await p.source.close()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(pollers, clock=clock, jobs=config.jobs))
+    return generate_latest(registry), all(p.state.up for p in pollers)
+
+
+def _schedule(args: argparse.Namespace) -> int:
+    from exporter.schedule.expressions import ScheduleError, upcoming  # noqa: PLC0415
+
+    try:
+        after = datetime.fromisoformat(args.after) if args.after else datetime.now(UTC)
+    except ValueError:
+        print(f"--after: not an ISO 8601 timestamp: {args.after!r}", file=sys.stderr)
+        return EXIT_CONFIG
+    if after.tzinfo is None:
+        from zoneinfo import ZoneInfo  # noqa: PLC0415
+
+        try:
+            after = after.replace(tzinfo=ZoneInfo(args.tz))
+        except (KeyError, ValueError):
+            print(f"--tz: unknown time zone {args.tz!r}", file=sys.stderr)
+            return EXIT_CONFIG
+    try:
+        for line in upcoming(args.expression, tz=args.tz, after=after, count=args.count):
+            print(line)
+    except ScheduleError as exc:
+        print(f"{args.expression!r}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+        argv.insert(0, "serve")
+    args = _parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    if args.command == "schedule":
+        return _schedule(args)
+    if args.command == "check-config":
+        config = _load(args.file)
+        if config is None:
+            return EXIT_CONFIG
+        print(f"{args.file}: OK, {len(config.sources)} sources, {len(config.jobs)} jobs")
+        return 0
+    config = _load(args.config_file)
+    if config is None:
+        return EXIT_CONFIG
+    if args.command == "once":
+        text, ok = asyncio.run(_once(config))
+        sys.stdout.buffer.write(text)
+        sys.stdout.flush()
+        return 0 if ok else 1
+    asyncio.run(_serve(config, args.listen))
+    return 0

@@ -1,1 +1,0 @@
-"""In-process fakes of the backed-up systems, for tests and the simulated homelab demo."""

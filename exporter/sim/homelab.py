@@ -1,0 +1,359 @@
+"""The simulated homelab: every fake backend on 127.0.0.1, and the exporter config for it.
+
+It is the strategy document's deployment: Proxmox VE ``pve1`` backing up VM 100 daily at
+21:00 to the NFS storage ``truenas-backups``; TrueNAS pool ``storage`` with snapshots, a
+35-day scrub and the "B2 daily" and "Storj weekly" cloud-sync tasks; the Home Assistant
+backups on the ``ha-backup`` share; the offsite copies in Backblaze B2 (b2sdk's simulator,
+in-process) and in Storj (moto's S3 server standing in for the gateway).
+
+``make demo``, the end-to-end test and the rule/dashboard cross-checks all use it. It never
+opens a connection anywhere but 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import boto3
+import yaml
+from b2sdk.v3 import B2Api, B2HttpApiConfig, InMemoryAccountInfo, RawSimulator
+from botocore.config import Config as BotoConfig
+from moto.server import ThreadedMotoServer
+
+from exporter.core.clock import Clock
+from exporter.core.config import Config, parse_config
+from exporter.core.poller import Poller
+from exporter.sim.healthchecks import FakeHealthchecks, start_fake_healthchecks
+from exporter.sim.healthchecks import homelab as healthchecks_homelab
+from exporter.sim.pve import FakePVE, PVEScenario, start_fake_pve
+from exporter.sim.pve import homelab as pve_homelab
+from exporter.sim.truenas import FakeTrueNAS, TrueNASScenario, start_fake_truenas
+from exporter.sim.truenas import homelab as truenas_homelab
+from exporter.sources import build_source
+from exporter.sources.b2.source import B2Source
+
+TZ = "Europe/Berlin"
+B2_BUCKET = "homelab-b2"
+STORJ_BUCKET = "homelab-storj"
+PREFIXES = ("immich/", "nextcloud/", "truenas-config/")
+S3_ACCESS_KEY = "storj-access"  # moto accepts any credentials
+S3_SECRET_KEY = "storj-secret-not-real"  # noqa: S105 - a simulator's fixed credential
+
+
+def _daily(hour: int, minute: int, *, now: float, days: int) -> list[float]:
+    """Return the last ``days`` daily wall-clock instants at or before ``now``, oldest first."""
+    zone = ZoneInfo(TZ)
+    today = datetime.fromtimestamp(now, zone).date()
+    out = []
+    for back in range(days + 1, -1, -1):
+        at = datetime.combine(today - timedelta(days=back), time(hour, minute), zone).timestamp()
+        if at <= now:
+            out.append(at)
+    return out[-days:]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Homelab:
+    """The running simulated homelab."""
+
+    clock: Clock
+    workdir: Path
+    pve: FakePVE
+    truenas: FakeTrueNAS
+    healthchecks: FakeHealthchecks
+    b2_sim: RawSimulator
+    b2_key: tuple[str, str]
+    moto: ThreadedMotoServer
+    moto_port: int
+    config_path: Path
+    config: Config
+    _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def pve_scenario(self) -> PVEScenario:
+        """The PVE fake's scenario (break/repair backups, faults)."""
+        return self.pve.scenario
+
+    @property
+    def truenas_scenario(self) -> TrueNASScenario:
+        """The TrueNAS fake's scenario."""
+        return self.truenas.scenario
+
+    def b2_api(self) -> B2Api:
+        """Return a fresh b2sdk API bound to the shared simulator (what the exporter uses)."""
+        api = B2Api(InMemoryAccountInfo(), api_config=B2HttpApiConfig(_raw_api_class=RawSimulator))
+        api.session.raw_api = self.b2_sim
+        return api
+
+    def pollers(self) -> list[Poller]:
+        """Build one poller per configured source, the B2 one bound to the simulator."""
+        out = []
+        for cfg in self.config.sources.values():
+            if cfg.kind == "b2":
+                source: Any = B2Source(cfg, api_factory=self.b2_api)  # type: ignore[arg-type]
+            else:
+                source = build_source(cfg)
+            out.append(Poller(source, clock=self.clock))
+        return out
+
+    async def stop(self) -> None:
+        """Stop every fake server."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.pve.stop()
+        await self.truenas.stop()
+        await self.healthchecks.stop()
+        self.moto.stop()
+
+
+def _seed_b2(now: float) -> tuple[RawSimulator, tuple[str, str]]:
+    seed = B2Api(InMemoryAccountInfo(), api_config=B2HttpApiConfig(_raw_api_class=RawSimulator))
+    sim = seed.session.raw_api
+    account, master = sim.create_account()
+    seed.authorize_account(account, master)
+    bucket = seed.create_bucket(B2_BUCKET, "allPrivate")
+    rng = random.Random(1)  # noqa: S311 - deterministic fake data
+    # One sync a night at 01:30 for two weeks; each uploads a few changed files per prefix.
+    for night, start in enumerate(_daily(1, 30, now=now - 2 * 3600, days=14)):
+        for p, prefix in enumerate(PREFIXES):
+            for i in range(3):
+                name = f"{prefix}{night:02d}-{i}.bin"
+                # Under b2sdk's simulated 200-byte part minimum, so each is a simple upload
+                # whose custom timestamp the simulator keeps.
+                data = rng.randbytes(120 + 20 * i + 7 * p)
+                stamp = int((start + 600 * (p + 1) + 60 * i) * 1000)
+                bucket.upload_bytes(data, name, custom_upload_timestamp=stamp)
+    key = seed.create_key(["listBuckets", "listFiles", "readFiles"], "exporter")
+    return sim, (key.id_, key.application_key)
+
+
+def _seed_s3(port: int) -> None:
+    client = boto3.client(
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{port}",
+        region_name="us-east-1",
+        aws_access_key_id=S3_ACCESS_KEY,
+        aws_secret_access_key=S3_SECRET_KEY,
+        config=BotoConfig(s3={"addressing_style": "path"}),
+    )
+    client.create_bucket(Bucket=STORJ_BUCKET)
+    rng = random.Random(2)  # noqa: S311 - deterministic fake data
+    for prefix in PREFIXES[:2]:
+        for i in range(5):
+            client.put_object(
+                Bucket=STORJ_BUCKET, Key=f"{prefix}weekly-{i}.bin", Body=rng.randbytes(4096 + i)
+            )
+
+
+def _seed_files(folder: Path, now: float) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(3)  # noqa: S311 - deterministic fake data
+    for at in _daily(3, 0, now=now - 600, days=14):
+        stamp = datetime.fromtimestamp(at, ZoneInfo(TZ))
+        path = folder / f"ha_{stamp:%Y-%m-%d_%H.%M}.tar"
+        path.write_bytes(rng.randbytes(4096))
+        os.utime(path, (at + 300, at + 300))
+
+
+def config_document(lab: dict[str, Any], *, secrets: Path) -> dict[str, Any]:
+    """Return the exporter configuration for the running fakes, as a YAML-ready mapping."""
+    return {
+        "timezone": TZ,
+        "sources": {
+            "pve1": {
+                "kind": "proxmox",
+                "url": lab["pve_url"],
+                "token_id": lab["pve_token_id"],
+                "token_secret_file": str(secrets / "pve.token"),
+                "ca_file": lab["pve_ca"],
+                "interval": "30s",
+                "timeout": "10s",
+            },
+            "truenas": {
+                "kind": "truenas",
+                "url": lab["truenas_url"],
+                "username": lab["truenas_user"],
+                "api_key_file": str(secrets / "truenas.key"),
+                "ca_file": lab["truenas_ca"],
+                "interval": "1m",
+                "timeout": "20s",
+                "cloudsync_grace": {"B2 daily": "8h", "Storj weekly": "12h"},
+            },
+            "smart": {
+                "kind": "smartctl",
+                # The fake smartctl runs through the prefix, as a real one would through ssh.
+                "command_prefix": [sys.executable, "-m", "exporter.sim.smartctl"],
+                "interval": "5m",
+                "timeout": "60s",
+            },
+            "healthchecks": {
+                "kind": "healthchecks",
+                "url": lab["hc_url"],
+                "api_key_file": str(secrets / "healthchecks.key"),
+                "interval": "1m",
+                "timeout": "20s",
+            },
+            "ha-backups": {
+                "kind": "files",
+                "path": lab["ha_dir"],
+                "glob": "*.tar",
+                "interval": "1m",
+                "timeout": "30s",
+            },
+            "b2": {
+                "kind": "b2",
+                "key_id": lab["b2_key_id"],
+                "application_key_file": str(secrets / "b2.key"),
+                "interval": "1m",
+                "timeout": "30s",
+                "buckets": {
+                    B2_BUCKET: {
+                        "prefixes": list(PREFIXES),
+                        "interval": "5m",
+                        "restore_check": {"interval": "1h", "max_bytes": "1MiB"},
+                    }
+                },
+            },
+            "storj": {
+                "kind": "s3",
+                "endpoint": lab["s3_endpoint"],
+                "access_key_id": S3_ACCESS_KEY,
+                "secret_access_key_file": str(secrets / "storj.key"),
+                "interval": "1m",
+                "timeout": "30s",
+                "buckets": {
+                    STORJ_BUCKET: {
+                        "prefixes": list(PREFIXES[:2]),
+                        "interval": "5m",
+                        "restore_check": {"interval": "1h", "max_bytes": "1MiB"},
+                    }
+                },
+            },
+        },
+        "jobs": {
+            "ha-daily": {
+                "schedule": "0 3 * * *",
+                "grace": "2h",
+                "evidence": {"source": "ha-backups"},
+            },
+            "smart-long": {
+                "schedule": "Mon,Wed..Sun *-*-01 02:30",
+                "grace": "1d",
+                "evidence": {"source": "smart", "test": "long"},
+            },
+            "b2-immich": {
+                "schedule": "30 1 * * *",
+                "grace": "8h",
+                "evidence": {"source": "b2", "bucket": B2_BUCKET, "prefix": "immich/"},
+            },
+            "storj-immich": {
+                "schedule": "0 5 * * 3",
+                "grace": "12h",
+                "evidence": {"source": "storj", "bucket": STORJ_BUCKET, "prefix": "immich/"},
+            },
+        },
+    }
+
+
+def _write_secret(path: Path, value: str) -> None:
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+
+
+async def start_homelab(
+    workdir: Path,
+    *,
+    clock: Clock,
+    healthy: bool = False,
+    ports: Iterable[int] = (),
+) -> Homelab:
+    """Start every fake on 127.0.0.1 and write the exporter config into ``workdir``.
+
+    ``healthy=True`` fixes the problems the reference homelab has (guest 101 covered by no job;
+    14 × the newest archive does not fit in the 150 GiB storage and quota; a failed SMART
+    self-test on ``sdb``) so that nothing but the Watchdog alerts: the end-to-end test breaks
+    one thing at a time from there.
+    ``ports`` optionally fixes the PVE, TrueNAS and S3 ports (the demo uses stable ones).
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    secrets = workdir / "secrets"
+    secrets.mkdir(exist_ok=True)
+    pve_port, truenas_port, moto_port = [*ports, 0, 0, 0][:3]
+    now = clock.time()
+    scenario = pve_homelab(clock.time, tz=TZ)
+    if healthy:
+        scenario.guests = [g for g in scenario.guests if g.vmid != 101]
+        scenario.storage("truenas-backups").total = 500 * 2**30
+    pve = await start_fake_pve(scenario, port=pve_port)
+    nas = truenas_homelab(clock.time, tz=TZ)
+    if healthy:
+        # The reference disk sdb's newest short self-test failed; in the healthy lab it passed.
+        for disk in nas.disks:
+            disk.tests = [t for t in disk.tests if t.get("status") != "FAILED"]
+        for dataset in nas.datasets:
+            if dataset.quota:
+                dataset.quota = 500 * 2**30
+    truenas = await start_fake_truenas(nas, port=truenas_port)
+    b2_sim, b2_key = _seed_b2(now)
+    moto_port = moto_port or _free_port()
+    # moto's werkzeug server logs every request; only its errors are worth seeing.
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
+    moto.start()
+    _seed_s3(moto_port)
+    ha_dir = workdir / "ha-backup"
+    _seed_files(ha_dir, now)
+    _write_secret(secrets / "pve.token", pve.token_secret)
+    _write_secret(secrets / "truenas.key", truenas.api_key)
+    _write_secret(secrets / "b2.key", b2_key[1])
+    _write_secret(secrets / "storj.key", S3_SECRET_KEY)
+    hc = await start_fake_healthchecks(healthchecks_homelab(clock.time))
+    _write_secret(secrets / "healthchecks.key", hc.readonly_key)
+    doc = config_document(
+        {
+            "pve_url": pve.url,
+            "pve_token_id": pve.token_id,
+            "pve_ca": pve.ca_file,
+            "truenas_url": truenas.url,
+            "truenas_user": truenas.username,
+            "truenas_ca": truenas.ca_file,
+            "ha_dir": str(ha_dir),
+            "b2_key_id": b2_key[0],
+            "s3_endpoint": f"http://127.0.0.1:{moto_port}",
+            "hc_url": hc.url,
+        },
+        secrets=secrets,
+    )
+    config_path = workdir / "config.yml"
+    config_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    config = parse_config(config_path.read_text(), base_dir=workdir)
+    return Homelab(
+        clock=clock,
+        workdir=workdir,
+        pve=pve,
+        truenas=truenas,
+        healthchecks=hc,
+        b2_sim=b2_sim,
+        b2_key=b2_key,
+        moto=moto,
+        moto_port=moto_port,
+        config_path=config_path,
+        config=config,
+    )

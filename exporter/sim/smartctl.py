@@ -1,0 +1,151 @@
+"""A stand-in ``smartctl`` for the simulated homelab's disks (``--json`` output only).
+
+The homelab runs it through ``kind: smartctl``'s ``command_prefix`` exactly as a real
+deployment runs ``ssh root@nas``: ``python -m exporter.sim.smartctl smartctl --json ...``.
+The disks are the TrueNAS box's two HDDs and its NVMe boot drive. Self-tests follow the
+strategy document: SMART short daily at 00:15 and long on day 1 of each month except
+Tuesdays at 02:30 (Europe/Berlin); the log is computed from the current time (or
+``FAKE_SMARTCTL_NOW``), so the demo's disks age in real time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from exporter.schedule.expressions import parse_schedule
+
+TZ = ZoneInfo("Europe/Berlin")
+SHORT = "15 0 * * *"
+LONG = "Mon,Wed..Sun *-*-01 02:30"
+# name -> (model, serial, protocol, power-on hours at INSTALLED + age, temperature)
+DISKS: dict[str, tuple[str, str, str, int, int]] = {
+    "/dev/sda": ("WDC WD140EDFZ-11A0VA0", "9RJ1XXXA", "ATA", 16590, 34),
+    "/dev/sdb": ("WDC WD140EDFZ-11A0VA0", "9RJ1XXXB", "ATA", 3943, 33),
+    "/dev/nvme0": ("CT250P2SSD8", "2119E5A1B2C3", "NVMe", 18636, 41),
+}
+INSTALLED = 1_767_225_600.0  # 2026-01-01: power-on hours count up from here
+
+
+def _tests(now: float) -> list[tuple[str, float]]:
+    """Return the last self-tests, newest first: (kind, start instant)."""
+    at = datetime.fromtimestamp(now, TZ)
+    out: list[tuple[str, float]] = []
+    for kind, expr, count in (("Short offline", SHORT, 5), ("Extended offline", LONG, 2)):
+        sched = parse_schedule(expr, TZ)
+        t = sched.latest_at_or_before(at - timedelta(minutes=5))
+        for _ in range(count):
+            if t is None:
+                break
+            out.append((kind, t.timestamp()))
+            t = sched.latest_at_or_before(t - timedelta(seconds=1))
+    out.sort(key=lambda e: -e[1])
+    return out
+
+
+def _ata(name: str, now: float) -> dict[str, Any]:
+    model, serial, _, base, temp = DISKS[name]
+    power_on = base + int((now - INSTALLED) // 3600)
+    table = []
+    for num, (kind, start) in enumerate(_tests(now), start=1):
+        age_hours = int((now - start) // 3600)
+        table.append(
+            {
+                "type": {"value": 1 if kind.startswith("Short") else 2, "string": kind},
+                "status": {"value": 0, "string": "Completed without error", "passed": True},
+                # ATA keeps lifetime hours in 16 bits: the log wraps at 65,536.
+                "lifetime_hours": (power_on - age_hours) % 65536,
+                "num": num,
+            }
+        )
+    return {
+        "ata_smart_attributes": {
+            "table": [
+                {"id": 5, "name": "Reallocated_Sector_Ct", "raw": {"value": 0}},
+                {"id": 9, "name": "Power_On_Hours", "raw": {"value": power_on}},
+                {"id": 194, "name": "Temperature_Celsius", "raw": {"value": temp}},
+                {"id": 197, "name": "Current_Pending_Sector", "raw": {"value": 0}},
+            ]
+        },
+        "ata_smart_self_test_log": {"standard": {"revision": 1, "table": table}},
+        "ata_smart_data": {"self_test": {"status": {"value": 0, "passed": True}}},
+        "model_name": model,
+        "serial_number": serial,
+        "power_on_time": {"hours": power_on},
+        "temperature": {"current": temp},
+        "smart_status": {"passed": True},
+        "device": {"name": name, "info_name": name, "type": "sat", "protocol": "ATA"},
+    }
+
+
+def _nvme(name: str, now: float) -> dict[str, Any]:
+    model, serial, _, base, temp = DISKS[name]
+    power_on = base + int((now - INSTALLED) // 3600)
+    table = [
+        {
+            "self_test_code": {"value": 1 if kind.startswith("Short") else 2, "string": kind},
+            "self_test_result": {"value": 0, "string": "Completed without error"},
+            "power_on_hours": power_on - int((now - start) // 3600),
+        }
+        for kind, start in _tests(now)
+    ]
+    return {
+        "model_name": model,
+        "serial_number": serial,
+        "power_on_time": {"hours": power_on},
+        "temperature": {"current": temp},
+        "smart_status": {"passed": True, "nvme": {"value": 0}},
+        "nvme_smart_health_information_log": {
+            "temperature": temp,
+            "power_on_hours": power_on,
+            "media_errors": 0,
+            "critical_warning": 0,
+        },
+        "nvme_self_test_log": {"current_self_test_operation": {"value": 0}, "table": table},
+        "device": {"name": name, "info_name": name, "type": "nvme", "protocol": "NVMe"},
+    }
+
+
+def output(argv: Sequence[str], now: float) -> tuple[dict[str, Any], int]:
+    """Return the JSON document and exit status smartctl would give for ``argv``."""
+    envelope: dict[str, Any] = {
+        "json_format_version": [1, 0],
+        "smartctl": {"version": [7, 3], "argv": list(argv), "exit_status": 0},
+    }
+    if "--scan" in argv:
+        kinds = {"ATA": "sat", "NVMe": "nvme"}
+        envelope["devices"] = [
+            {"name": name, "info_name": name, "type": kinds[d[2]], "protocol": d[2]}
+            for name, d in DISKS.items()
+        ]
+        return envelope, 0
+    name = argv[-1]
+    if name not in DISKS:
+        envelope["smartctl"]["exit_status"] = 2
+        envelope["smartctl"]["messages"] = [
+            {"string": f"Smartctl open device: {name} failed: No such device", "severity": "error"}
+        ]
+        return envelope, 2
+    doc = _nvme(name, now) if DISKS[name][2] == "NVMe" else _ata(name, now)
+    return {**envelope, **doc}, 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print smartctl's JSON for the arguments (the first may be the word ``smartctl``)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "smartctl":
+        args = args[1:]
+    now = float(os.environ.get("FAKE_SMARTCTL_NOW", time.time()))
+    doc, status = output(args, now)
+    print(json.dumps(doc))
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,379 @@
+"""S3-compatible buckets (``kind: s3``): Storj's gateway, B2's S3 endpoint, MinIO, AWS.
+
+boto3 runs in the source's worker thread (request signing stays in botocore), with
+path-style addressing always, ``connect_timeout``/``read_timeout`` bounded by the source
+``timeout`` (10 s / 60 s at most) and botocore's ``standard`` retry mode capped at
+``retries + 1`` attempts per call (``total_max_attempts``).
+
+Listing is ``ListObjectsV2`` paginated by hand (``MaxKeys=1000`` and ``ContinuationToken``)
+and aggregated page by page without relying on key order: Storj lists ``/``-terminated
+prefixes in *encrypted* order and returns at most 1,000 keys a page (api-shapes §6).
+On a versioned bucket ``ListObjectsV2`` already returns only current versions, and a key
+whose current version is a delete marker is left out, which is what a restore sees.
+
+Every HTTP attempt is counted in ``backup_source_api_requests_total`` (botocore
+``before-send`` event, so retries count too): class ``list`` for each list page, ``get``
+for downloads, matching the LIST and GET request tiers of S3-style price lists
+(Storj bills no requests; on B2's S3 endpoint ``list`` is Class C and ``get`` Class B).
+
+Restore checks verify the MD5 of single-part objects against their ETag and multipart
+ETags by reproducing them from common part sizes (rules in :func:`exporter.buckets.verify`).
+botocore's own CRC checks of responses are left to ``when_required`` so that every store
+is checked by the same documented rule.
+
+Pricing default (``price_per_tb_month``), chosen from the endpoint host:
+
+* ``*storj*``: **$4/TB-month**, Storj's legacy price, which projects created before
+  2025-11-01 keep for a year; newer projects pay $6 (Active Archive), $10 (Regional) or
+  $15 (Global) per TB-month since 2025-11-01 (api-shapes §6): set the price explicitly.
+* ``*backblazeb2.com``: **$6/TB-month** (B2 pay-as-you-go since 2023-10-03).
+* anything else: 0 = unknown, and no cost series is exported.
+
+Sample exposition (see :mod:`exporter.buckets.engine` for every family)::
+
+    # HELP backup_bucket_objects Latest visible objects under the prefix.
+    # TYPE backup_bucket_objects gauge
+    backup_bucket_objects{bucket="offsite",prefix="restic/",source="storj"} 1200.0
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import boto3
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+    SSLError,
+)
+from botocore.parsers import ResponseParserError
+
+from exporter.buckets.engine import (
+    BlockingCall,
+    BoundedSink,
+    BucketConfig,
+    BucketSource,
+    BucketSourceConfig,
+    Download,
+    PrefixAggregate,
+    ReservoirSampler,
+    SampleObject,
+    TooLargeError,
+    parse_buckets,
+    parse_retries,
+)
+from exporter.core.config import KindSpec, Secret, Section, SourceConfigBase
+from exporter.sources.base import FetchError, Reason
+
+log = logging.getLogger(__name__)
+
+KIND = "s3"
+LIST_PAGE = 1000
+STORJ_LEGACY_PRICE = 4.0  # $/TB-month, projects created before 2025-11-01 (for one year)
+B2_PRICE = 6.0  # $/TB-month, Backblaze pay-as-you-go since 2023-10-03
+_CHUNK = 1 << 20
+
+_AUTH_CODES = frozenset(
+    {
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "AuthorizationHeaderMalformed",
+        "InvalidSecurity",
+        "Unauthorized",
+    }
+)
+_PERMISSION_CODES = frozenset({"AccessDenied", "AllAccessDisabled", "Forbidden"})
+_MISSING_CODES = frozenset({"NoSuchKey", "NoSuchVersion", "404", "NotFound"})
+_API_CLASS = {"ListObjectsV2": "list", "GetObject": "get", "HeadObject": "get"}
+
+
+def default_price(endpoint: str) -> float:
+    """Return the documented default price per TB-month for an endpoint (0: unknown)."""
+    host = (urlsplit(endpoint).hostname or "").lower()
+    if "storj" in host:
+        return STORJ_LEGACY_PRICE
+    if host.endswith("backblazeb2.com"):
+        return B2_PRICE
+    return 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class S3Config(BucketSourceConfig):
+    """An S3 endpoint, its credentials and the buckets to watch."""
+
+    endpoint: str
+    region: str
+    access_key_id: str
+    secret_access_key: Secret
+    ca_file: Path | None = None
+
+
+def parse(sec: Section, base: SourceConfigBase) -> S3Config:
+    """Read the ``kind: s3`` keys."""
+    endpoint = sec.str("endpoint", required=True).rstrip("/")
+    parts = urlsplit(endpoint)
+    if endpoint and (parts.scheme not in ("http", "https") or not parts.hostname):
+        sec.problem(
+            "endpoint",
+            f"must be an http(s) URL such as https://gateway.storjshare.io, got {endpoint!r}",
+        )
+    price = sec.float("price_per_tb_month", default_price(endpoint))
+    if price < 0:
+        sec.problem("price_per_tb_month", "must be >= 0")
+        price = 0.0
+    # S3 has no verify_tls: an endpoint is either publicly trusted or has its own CA.
+    ca_file = sec.tls(insecure_allowed=False).ca_file
+    return S3Config(
+        name=base.name,
+        kind=base.kind,
+        interval=base.interval,
+        timeout=base.timeout,
+        jitter=base.jitter,
+        endpoint=endpoint,
+        region=sec.str("region", "us-east-1"),
+        access_key_id=sec.str("access_key_id", required=True),
+        secret_access_key=sec.secret("secret_access_key") or Secret(""),
+        ca_file=ca_file,
+        retries=parse_retries(sec),
+        buckets=parse_buckets(sec, default_price=price),
+    )
+
+
+def s3_error(exc: Exception, *, secret: str = "") -> FetchError | None:
+    """Map a botocore exception to a :class:`FetchError` with a safe message."""
+    reason: Reason
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code in _AUTH_CODES or status == 401:
+            reason = "auth"
+        elif code in _PERMISSION_CODES or status == 403:
+            reason = "permission"
+        elif code == "NoSuchBucket":
+            reason = "config"
+        else:
+            reason = "http"
+        text = f"HTTP {status} {code}: {err.get('Message', '')}"
+    elif isinstance(exc, (ConnectTimeoutError, ReadTimeoutError)):
+        reason, text = "timeout", str(exc)
+    elif isinstance(exc, SSLError):
+        reason, text = "tls", str(exc)
+    elif isinstance(exc, (EndpointConnectionError, ConnectionClosedError)):
+        reason, text = "connection", str(exc)
+    elif isinstance(exc, NoCredentialsError):
+        reason, text = "auth", "no credentials"
+    elif isinstance(exc, ResponseParserError):
+        reason, text = "parse", "unparsable response"
+    elif isinstance(exc, BotoCoreError):
+        reason, text = "connection", str(exc)
+    else:
+        return None
+    if secret:
+        text = text.replace(secret, "***")
+    return FetchError(reason, text[:300])
+
+
+def _entry(obj: Any) -> tuple[str, int, float]:
+    """Validate one ``Contents`` entry: key, size and LastModified as Unix seconds."""
+    if not isinstance(obj, dict):
+        raise FetchError("parse", "listing entry is not an object")
+    key, size, modified = obj.get("Key"), obj.get("Size"), obj.get("LastModified")
+    if not isinstance(key, str) or not isinstance(size, int) or size < 0:
+        raise FetchError("parse", f"malformed listing entry {str(key)[:100]!r}")
+    if not isinstance(modified, datetime):
+        raise FetchError("parse", f"listing entry {key[:100]!r} has no LastModified")
+    return key, size, modified.timestamp()
+
+
+class S3Source(BucketSource[S3Config]):
+    """Lists S3-compatible buckets with boto3 in the source's worker thread.
+
+    ``client_factory`` builds the boto3 client (tests may wrap it); by default it is made
+    from the config.
+
+    Sample exposition::
+
+        # HELP backup_bucket_size_bytes Total size of the latest visible objects under the prefix.
+        # TYPE backup_bucket_size_bytes gauge
+        backup_bucket_size_bytes{bucket="offsite",prefix="restic/",source="storj"} 4.2e+10
+    """
+
+    kind = KIND
+
+    def __init__(
+        self,
+        config: S3Config,
+        *,
+        client_factory: Callable[[S3Config], Any] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(config, rng=rng)
+        self._client_factory = client_factory or make_client
+        self._client: Any = None
+        self._call: BlockingCall | None = None
+
+    def error(self, exc: Exception) -> FetchError | None:
+        """Translate botocore exceptions."""
+        return s3_error(exc, secret=self.config.secret_access_key.reveal())
+
+    def prepare(self, call: BlockingCall) -> None:
+        """Create the client once; S3 has no login call."""
+        self._call = call
+        if self._client is None:
+            client = self._client_factory(self.config)
+            client.meta.events.register("before-send.s3", self._count)
+            self._client = client
+
+    def _count(self, **kwargs: Any) -> None:
+        # Called by botocore for every HTTP attempt, retries included.
+        operation = str(kwargs.get("event_name", "")).rsplit(".", 1)[-1]
+        if self._call is not None:
+            self._call.count(_API_CLASS.get(operation, ""))
+
+    def list_prefix(
+        self,
+        call: BlockingCall,
+        bucket: BucketConfig,
+        prefix: str,
+        agg: PrefixAggregate,
+        sampler: ReservoirSampler | None,
+    ) -> None:
+        """Page through ``ListObjectsV2`` and aggregate each page as it arrives."""
+        self._call = call
+        token: str | None = None
+        while True:
+            call.check()
+            kwargs: dict[str, Any] = {"Bucket": bucket.name, "Prefix": prefix, "MaxKeys": LIST_PAGE}
+            if token is not None:
+                kwargs["ContinuationToken"] = token
+            page = self._client.list_objects_v2(**kwargs)
+            for obj in page.get("Contents") or ():
+                key, size, modified = _entry(obj)
+                agg.add(size, modified)
+                if sampler is not None and sampler.wants(size):
+                    sampler.take(SampleObject(key=key, size=size))
+            if not page.get("IsTruncated"):
+                return
+            nxt = page.get("NextContinuationToken")
+            if not isinstance(nxt, str) or not nxt or nxt == token:
+                # A store that says "more" without a new token would loop forever.
+                raise FetchError("parse", "truncated listing without a new continuation token")
+            token = nxt
+
+    def download(
+        self,
+        call: BlockingCall,
+        bucket: BucketConfig,
+        target: SampleObject | str,
+        max_bytes: int,
+    ) -> Download:
+        """GET the object into memory and return it with its ETag and length."""
+        self._call = call
+        key = target if isinstance(target, str) else target.key
+        kwargs: dict[str, Any] = {"Bucket": bucket.name, "Key": key}
+        if isinstance(target, SampleObject) and target.version:
+            kwargs["VersionId"] = target.version
+        try:
+            resp = self._client.get_object(**kwargs)
+        except ClientError as exc:
+            err = exc.response.get("Error", {})
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if str(err.get("Code", "")) in _MISSING_CODES or status == 404:
+                return Download(key=key, reason="missing", detail="no such key")
+            raise
+        body = resp["Body"]
+        try:
+            length = resp.get("ContentLength")
+            if not isinstance(length, int):
+                return Download(key=key, reason="download_error", detail="no Content-Length")
+            if length > max_bytes:
+                return Download(
+                    key=key,
+                    expected_size=length,
+                    reason="too_large",
+                    detail=f"{length} bytes > max_bytes {max_bytes}",
+                )
+            sink = BoundedSink(max_bytes)
+            try:
+                while chunk := body.read(_CHUNK):
+                    call.check()
+                    sink.write(chunk)
+            except TooLargeError:
+                return Download(key=key, reason="too_large", detail="body exceeded max_bytes")
+        finally:
+            body.close()
+        # With SSE-KMS or SSE-C the ETag is not an MD5 of the content (AWS documents this).
+        encrypted = resp.get("ServerSideEncryption") in ("aws:kms", "aws:kms:dsse") or bool(
+            resp.get("SSECustomerAlgorithm")
+        )
+        etag = resp.get("ETag")
+        part_size = None
+        if isinstance(etag, str) and "-" in etag and not encrypted:
+            part_size = self._part_size(kwargs, etag)
+        return Download(
+            key=key,
+            data=sink.getvalue(),
+            expected_size=length,
+            etag=etag,
+            verify_etag=not encrypted,
+            part_size=part_size,
+        )
+
+    def _part_size(self, kwargs: dict[str, Any], etag: str) -> int | None:
+        """Ask the store for part 1's size of a multipart object (None: it cannot say)."""
+        parts = etag.strip('"').rpartition("-")[2]
+        try:
+            # No IfMatch: moto compares it with the part's ETag. A replacement between GET
+            # and HEAD is caught by the parts count in most cases.
+            head = self._client.head_object(**kwargs, PartNumber=1)
+        except (ClientError, BotoCoreError) as exc:
+            log.debug("source=%s cannot read the part size: %s", self.name, exc)
+            return None
+        size, count = head.get("ContentLength"), head.get("PartsCount")
+        if not isinstance(size, int) or (count is not None and str(count) != parts):
+            return None
+        return size
+
+
+def make_client(config: S3Config) -> Any:
+    """Build a boto3 S3 client: path-style, bounded timeouts and retries, own session."""
+    session = boto3.session.Session()
+    return session.client(
+        "s3",
+        endpoint_url=config.endpoint,
+        region_name=config.region,
+        aws_access_key_id=config.access_key_id,
+        aws_secret_access_key=config.secret_access_key.reveal(),
+        verify=str(config.ca_file) if config.ca_file is not None else True,
+        config=BotoConfig(
+            connect_timeout=min(config.timeout, 10.0),
+            read_timeout=min(config.timeout, 60.0),
+            # total_max_attempts counts the first attempt; botocore's max_attempts would
+            # count retries only (max_attempts=N makes N+1 attempts).
+            retries={"total_max_attempts": config.retries + 1, "mode": "standard"},
+            s3={"addressing_style": "path"},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            user_agent_extra="backup-exporter",
+        ),
+    )
+
+
+SPEC = KindSpec(parse=parse, build=S3Source, default_interval=3600.0, default_timeout=300.0)

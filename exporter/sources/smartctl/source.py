@@ -1,0 +1,265 @@
+"""``kind: smartctl``: disk health and self-test results from ``smartctl --json``.
+
+Per poll, one ``smartctl --json -i -H -c -A -l selftest [--nocheck=standby] [-d TYPE] DEV``
+per device, one after the other (``-c`` adds the current self-test state; the other
+options are those of ``-a`` minus the error logs). The devices come from the config or,
+when none are listed, from ``smartctl --scan --json``. Commands run locally or through
+``command_prefix`` (``ssh``).
+
+smartctl's exit status is a bitmask and valid JSON comes with non-zero statuses: the
+JSON is always parsed and each bit is exported. A disk that cannot be read (open
+failure, timeout, garbage output) gets ``backup_smart_device_error_info{reason}`` and
+does not fail the source; only when *every* disk fails does the poll fail.
+
+With ``nocheck: standby`` (default) a sleeping disk is not woken up: smartctl exits
+with status 2 and "Device is in STANDBY mode". That disk keeps the values of its
+previous successful read, flagged by ``backup_smart_standby 1``.
+
+Sample exposition::
+
+    # HELP backup_smart_healthy 1 when the SMART overall-health self-assessment passed.
+    # TYPE backup_smart_healthy gauge
+    backup_smart_healthy{device="/dev/sda",source="nas"} 1.0
+    # HELP backup_smart_device_error_info The disk could not be read at the last poll.
+    # TYPE backup_smart_device_error_info gauge
+    backup_smart_device_error_info{device="/dev/sdz",reason="open_failed",source="nas"} 1.0
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+
+from prometheus_client.core import Metric
+
+from exporter.core.command import run_command
+from exporter.core.config import KindSpec, Section, SourceConfig, SourceConfigBase
+from exporter.schedule.jobs import Evidence
+from exporter.sources.base import FetchContext, FetchError, Reason, Source
+from exporter.storage.model import (
+    SELFTEST_KINDS,
+    SmartDevice,
+    parse_smartctl_json,
+    render_smart,
+    selftest_evidence,
+)
+
+log = logging.getLogger(__name__)
+
+KIND = "smartctl"
+NOCHECK_MODES = ("standby", "sleep", "idle", "never")
+_DEVICE_TYPE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789,+_-")
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """A device to read: its name and optional smartctl ``-d`` type (``sat``, ``nvme``...)."""
+
+    name: str
+    type: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SmartctlConfig(SourceConfig):
+    """The ``kind: smartctl`` keys."""
+
+    devices: tuple[DeviceSpec, ...] = ()
+    command_prefix: tuple[str, ...] = ()
+    nocheck: str = "standby"
+    device_timeout: float = 20.0
+
+
+@dataclass(frozen=True)
+class SmartSnapshot:
+    """One poll: every device, read now or (standby) carried over from an earlier poll."""
+
+    devices: tuple[SmartDevice, ...]
+
+
+def _parse_devices(sec: Section) -> tuple[DeviceSpec, ...]:
+    if not sec.has("devices"):
+        return ()
+    raw = sec.data["devices"]
+    if not isinstance(raw, list):
+        sec.problem("devices", "must be a list of device names or {name, type} mappings")
+        return ()
+    out: list[DeviceSpec] = []
+    for i, item in enumerate(raw):
+        where = f"devices[{i}]"
+        if isinstance(item, str) and item.strip():
+            out.append(DeviceSpec(item.strip()))
+        elif isinstance(item, dict):
+            name, dtype = item.get("name"), item.get("type", "")
+            unknown = set(item) - {"name", "type"}
+            if unknown:
+                sec.problem(where, f"unknown key {sorted(map(str, unknown))[0]}")
+            if not isinstance(name, str) or not name.strip():
+                sec.problem(where, "name: missing")
+                continue
+            if not isinstance(dtype, str) or not set(dtype) <= _DEVICE_TYPE_CHARS:
+                sec.problem(where, f"type: not a smartctl -d type: {dtype!r}")
+                continue
+            out.append(DeviceSpec(name.strip(), dtype))
+        else:
+            sec.problem(where, "must be a device name or a {name, type} mapping")
+    return tuple(out)
+
+
+def parse(sec: Section, base: SourceConfigBase) -> SmartctlConfig:
+    """Read the ``kind: smartctl`` keys."""
+    return SmartctlConfig(
+        name=base.name,
+        kind=base.kind,
+        interval=base.interval,
+        timeout=base.timeout,
+        jitter=base.jitter,
+        devices=_parse_devices(sec),
+        command_prefix=sec.str_list("command_prefix"),
+        nocheck=sec.choice("nocheck", NOCHECK_MODES, "standby"),
+        device_timeout=sec.duration("device_timeout", 20.0),
+    )
+
+
+def parse_scan(doc: Mapping[str, object]) -> tuple[DeviceSpec, ...]:
+    """Parse ``smartctl --scan --json``: ``devices[].name`` and ``.type`` (key may be absent)."""
+    devices = doc.get("devices")
+    out: list[DeviceSpec] = []
+    for raw in devices if isinstance(devices, list) else []:
+        if not isinstance(raw, dict):
+            continue
+        name, dtype = raw.get("name"), raw.get("type")
+        if isinstance(name, str) and name:
+            ok_type = isinstance(dtype, str) and set(dtype) <= _DEVICE_TYPE_CHARS
+            out.append(DeviceSpec(name, dtype if ok_type and isinstance(dtype, str) else ""))
+    return tuple(out)
+
+
+def _load(text: str) -> dict[str, object] | None:
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+class SmartctlSource(Source[SmartctlConfig, SmartSnapshot]):
+    """Reads each disk with ``smartctl --json``; renders with :func:`exporter.storage.render_smart`.
+
+    Sample exposition::
+
+        # HELP backup_smart_selftest_last_passed 1 when the newest self-test of this kind passed.
+        # TYPE backup_smart_selftest_last_passed gauge
+        backup_smart_selftest_last_passed{device="/dev/sda",source="nas",test="long"} 1.0
+    """
+
+    kind = KIND
+
+    def __init__(self, config: SmartctlConfig) -> None:
+        super().__init__(config)
+        # Last good read per device, reused while a disk sleeps (polls never overlap).
+        self._last: dict[str, SmartDevice] = {}
+
+    def device_argv(self, dev: DeviceSpec) -> list[str]:
+        """Build the smartctl command line for one device."""
+        argv = ["smartctl", "--json", "-i", "-H", "-c", "-A", "-l", "selftest"]
+        if self.config.nocheck != "never":
+            argv.append(f"--nocheck={self.config.nocheck}")
+        if dev.type:
+            argv += ["-d", dev.type]
+        # "--" ends the options: a device name can never be taken for one.
+        return [*argv, "--", dev.name]
+
+    async def _scan(self, ctx: FetchContext) -> tuple[DeviceSpec, ...]:
+        ctx.count_request()
+        result = await run_command(
+            ["smartctl", "--scan", "--json"],
+            timeout=self.config.device_timeout,
+            prefix=self.config.command_prefix,
+            ok_codes=None,
+        )
+        doc = _load(result.stdout)
+        if doc is None:
+            raise FetchError(
+                "parse", f"smartctl --scan --json printed no JSON (exit {result.returncode})"
+            )
+        return parse_scan(doc)
+
+    async def _read(self, ctx: FetchContext, dev: DeviceSpec, now: float) -> SmartDevice:
+        ctx.count_request()
+        try:
+            result = await run_command(
+                self.device_argv(dev),
+                timeout=self.config.device_timeout,
+                prefix=self.config.command_prefix,
+                ok_codes=None,
+            )
+        except FetchError as exc:
+            if exc.reason != "timeout":
+                raise  # missing smartctl / ssh failure: every device would fail alike
+            return SmartDevice(device=dev.name, error=exc.message, error_reason="timeout")
+        doc = _load(result.stdout)
+        if doc is None:
+            detail = " ".join(result.stderr.split())[:200] or "no output"
+            return SmartDevice(
+                device=dev.name,
+                error=f"smartctl printed no JSON (exit {result.returncode}): {detail}",
+                error_reason="parse",
+                exit_status=result.returncode,
+            )
+        parsed = parse_smartctl_json(doc, now=now, device=dev.name)
+        if parsed.standby:
+            previous = self._last.get(dev.name)
+            if previous is not None:
+                # Keep the last real read whole, its exit bits too: "open failed" (bit 1)
+                # is how smartctl reports the sleep, not a problem of the disk.
+                return replace(previous, standby=True)
+            return replace(parsed, exit_status=None)
+        if parsed.error is None:
+            self._last[dev.name] = parsed
+        return parsed
+
+    async def fetch(self, ctx: FetchContext) -> SmartSnapshot:
+        """Read every configured (or scanned) device, one after the other."""
+        specs = self.config.devices or await self._scan(ctx)
+        if not specs:
+            raise FetchError("config", "smartctl --scan found no devices; list them under devices:")
+        devices: list[SmartDevice] = []
+        for spec in specs:
+            devices.append(await self._read(ctx, spec, ctx.clock.time()))
+        failed = [d for d in devices if d.error is not None]
+        for dev in failed:
+            log.debug("source=%s device=%s unreadable: %s", self.name, dev.device, dev.error)
+        if len(failed) == len(devices):
+            first = failed[0]
+            raise FetchError(
+                _fetch_reason(first),
+                f"all {len(devices)} devices failed; {first.device}: {first.error}",
+            )
+        return SmartSnapshot(devices=tuple(devices))
+
+    def render(self, snapshot: SmartSnapshot) -> Iterator[Metric]:
+        """Render every device."""
+        yield from render_smart(self.name, snapshot.devices)
+
+    def evidence(self, snapshot: SmartSnapshot, selector: Mapping[str, str]) -> Evidence | None:
+        """``{test: long[, device: /dev/sda]}`` → the oldest of each disk's newest passed test."""
+        test = selector.get("test", "")
+        if test not in SELFTEST_KINDS:
+            return None
+        return selftest_evidence(snapshot.devices, test, selector.get("device"))
+
+
+def _fetch_reason(dev: SmartDevice) -> Reason:
+    if dev.error_reason == "timeout":
+        return "timeout"
+    if dev.error_reason in ("parse", "no_data"):
+        return "parse"
+    text = (dev.error or "").lower()
+    if "permission denied" in text or "operation not permitted" in text:
+        return "permission"
+    return "config"
+
+
+SPEC = KindSpec(parse=parse, build=SmartctlSource, default_interval=1800.0, default_timeout=60.0)

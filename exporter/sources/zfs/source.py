@@ -1,0 +1,202 @@
+"""``kind: zfs``: datasets, snapshot ages and scrubs from the ``zfs``/``zpool`` commands.
+
+Runs two commands per poll (locally, or remotely through ``command_prefix``, e.g.
+``["ssh", "-o", "BatchMode=yes", "root@nas"]``):
+
+* ``zfs list -Hp -t filesystem,volume,snapshot -o name,used,avail,quota,refer,creation``
+  (or its ``-j --json-int`` form on OpenZFS 2.3+); snapshots are folded into their
+  dataset (count, newest and oldest creation time) while parsing, never kept one by one;
+* ``zpool status`` (or ``zpool status -jp --json-int``): pool state and the last scrub.
+
+With ``json: auto`` the source asks ``zfs version`` once and uses the JSON forms from
+OpenZFS 2.3 on. The text form of ``zpool status`` prints dates in the host's local
+time without a zone, hence the ``timezone`` key (default UTC).
+
+Sample exposition::
+
+    # HELP backup_zfs_snapshots Number of snapshots of the dataset.
+    # TYPE backup_zfs_snapshots gauge
+    backup_zfs_snapshots{dataset="tank/backups",source="nas"} 42.0
+    # HELP backup_zfs_scrub_last_end_timestamp_seconds End of the pool's last completed scrub.
+    # TYPE backup_zfs_scrub_last_end_timestamp_seconds gauge
+    backup_zfs_scrub_last_end_timestamp_seconds{pool="tank",source="nas"} 1.768091642e+09
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+from prometheus_client.core import Metric
+
+from exporter.core.command import run_command
+from exporter.core.config import KindSpec, Section, SourceConfig, SourceConfigBase
+from exporter.schedule.jobs import Evidence
+from exporter.sources.base import FetchContext, FetchError, Source
+from exporter.storage.model import (
+    ZFS_LIST_COLUMNS,
+    DatasetFilter,
+    DatasetInfo,
+    PoolInfo,
+    StorageParseError,
+    parse_dataset_filter,
+    parse_zfs_list_json,
+    parse_zfs_list_text,
+    parse_zfs_version,
+    parse_zpool_status_json,
+    parse_zpool_status_text,
+    render_datasets,
+    render_pools,
+    storage_evidence,
+)
+
+KIND = "zfs"
+#: OpenZFS release that added ``-j`` to ``zfs list`` and ``zpool status``.
+JSON_SINCE = (2, 3)
+_TYPES = "filesystem,volume,snapshot"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ZfsConfig(SourceConfig):
+    """The ``kind: zfs`` keys."""
+
+    command_prefix: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    json: str = "auto"  # auto | true | false
+    timezone: str = "UTC"
+
+
+@dataclass(frozen=True)
+class ZfsSnapshot:
+    """One poll: the selected datasets and every pool."""
+
+    datasets: tuple[DatasetInfo, ...]
+    pools: tuple[PoolInfo, ...]
+    json: bool
+
+
+def parse_json_mode(sec: Section) -> str:
+    """Read ``json:`` as ``auto``, ``true`` or ``false`` (YAML booleans or strings)."""
+    if not sec.has("json"):
+        return "auto"
+    raw = sec.data["json"]
+    if isinstance(raw, bool):
+        return "true" if raw else "false"
+    if isinstance(raw, str) and raw.lower() in ("auto", "true", "false"):
+        return raw.lower()
+    sec.problem("json", f"must be auto, true or false, got {raw!r}")
+    return "auto"
+
+
+def parse(sec: Section, base: SourceConfigBase) -> ZfsConfig:
+    """Read the ``kind: zfs`` keys."""
+    datasets = parse_dataset_filter(sec)
+    timezone = sec.timezone("timezone", "UTC")
+    return ZfsConfig(
+        name=base.name,
+        kind=base.kind,
+        interval=base.interval,
+        timeout=base.timeout,
+        jitter=base.jitter,
+        command_prefix=sec.str_list("command_prefix"),
+        include=datasets.include,
+        exclude=datasets.exclude,
+        json=parse_json_mode(sec),
+        timezone=timezone,
+    )
+
+
+class ZfsSource(Source[ZfsConfig, ZfsSnapshot]):
+    """Reads ``zfs list`` and ``zpool status``; renders with :mod:`exporter.storage.model`.
+
+    Sample exposition::
+
+        # HELP backup_zfs_pool_healthy 1 when the pool is ONLINE without data errors.
+        # TYPE backup_zfs_pool_healthy gauge
+        backup_zfs_pool_healthy{pool="tank",source="nas"} 1.0
+    """
+
+    kind = KIND
+
+    def __init__(self, config: ZfsConfig) -> None:
+        super().__init__(config)
+        self.filter = DatasetFilter(config.include, config.exclude)
+        self.tz = ZoneInfo(config.timezone)
+        # Decided once (json: auto); a ZFS upgrade needs a reboot of the host anyway.
+        self._use_json: bool | None = {"true": True, "false": False}.get(config.json)
+
+    async def _run(self, ctx: FetchContext, argv: list[str]) -> str:
+        ctx.count_request()
+        result = await run_command(
+            argv, timeout=self.config.timeout, prefix=self.config.command_prefix
+        )
+        return result.stdout
+
+    async def _json_supported(self, ctx: FetchContext) -> bool:
+        ctx.count_request()
+        try:
+            result = await run_command(
+                ["zfs", "version"],
+                timeout=self.config.timeout,
+                prefix=self.config.command_prefix,
+                ok_codes=None,
+            )
+        except FetchError as exc:
+            if exc.reason == "timeout":
+                raise
+            raise FetchError(exc.reason, f"zfs version: {exc.message}") from None
+        # OpenZFS < 0.8 has no "version" subcommand: non-zero exit, text mode.
+        version = parse_zfs_version(result.stdout) if result.returncode == 0 else None
+        return version is not None and version >= JSON_SINCE
+
+    async def fetch(self, ctx: FetchContext) -> ZfsSnapshot:
+        """Run ``zfs list`` and ``zpool status`` and parse them."""
+        if self._use_json is None:
+            self._use_json = await self._json_supported(ctx)
+        use_json = self._use_json
+        columns = ",".join(ZFS_LIST_COLUMNS)
+        if use_json:
+            list_argv = ["zfs", "list", "-j", "--json-int", "-p", "-t", _TYPES, "-o", columns]
+            status_argv = ["zpool", "status", "-j", "-p", "--json-int"]
+        else:
+            list_argv = ["zfs", "list", "-H", "-p", "-t", _TYPES, "-o", columns]
+            status_argv = ["zpool", "status"]
+        list_out = await self._run(ctx, list_argv)
+        status_out = await self._run(ctx, status_argv)
+        try:
+            if use_json:
+                datasets = parse_zfs_list_json(
+                    _load_json(list_out, "zfs list"), dataset_filter=self.filter
+                )
+                pools = parse_zpool_status_json(_load_json(status_out, "zpool status"))
+            else:
+                datasets = parse_zfs_list_text(list_out, dataset_filter=self.filter)
+                pools = parse_zpool_status_text(status_out, tz=self.tz)
+        except StorageParseError as exc:
+            raise FetchError("parse", str(exc)) from None
+        return ZfsSnapshot(datasets=datasets, pools=pools, json=use_json)
+
+    def render(self, snapshot: ZfsSnapshot) -> Iterator[Metric]:
+        """Render datasets and pools."""
+        yield from render_datasets(self.name, snapshot.datasets)
+        yield from render_pools(self.name, snapshot.pools)
+
+    def evidence(self, snapshot: ZfsSnapshot, selector: Mapping[str, str]) -> Evidence | None:
+        """``{pool: tank}`` → the last scrub; ``{dataset: tank/x}`` → the newest snapshot."""
+        return storage_evidence(selector, datasets=snapshot.datasets, pools=snapshot.pools)
+
+
+def _load_json(text: str, what: str) -> dict[str, object]:
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        raise FetchError("parse", f"{what} did not print JSON") from None
+    if not isinstance(doc, dict):
+        raise FetchError("parse", f"{what} printed JSON that is not an object")
+    return doc
+
+
+SPEC = KindSpec(parse=parse, build=ZfsSource, default_interval=300.0, default_timeout=30.0)

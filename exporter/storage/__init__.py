@@ -1,0 +1,1 @@
+"""The ZFS/SMART storage model shared by ``kind: truenas``, ``kind: zfs`` and ``kind: smartctl``."""
