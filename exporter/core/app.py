@@ -19,6 +19,7 @@ from exporter.core.clock import Clock, SystemClock
 from exporter.core.collector import SnapshotCollector
 from exporter.core.config import Config
 from exporter.core.poller import Poller
+from exporter.core.state import StateKeeper
 from exporter.schedule.jobs import JobStatus
 from exporter.sources import build_source
 
@@ -30,9 +31,22 @@ CLOCK = web.AppKey("clock", Clock)
 ZONE = web.AppKey("zone", ZoneInfo)
 
 
-def build_pollers(config: Config, *, clock: Clock) -> list[Poller]:
-    """Create one poller per configured source."""
-    return [Poller(build_source(cfg), clock=clock) for cfg in config.sources.values()]
+KEEPER = web.AppKey("keeper", StateKeeper)
+
+
+def build_pollers(
+    config: Config, *, clock: Clock, keeper: StateKeeper | None = None
+) -> list[Poller]:
+    """Create one poller per configured source (last successes from the loaded state)."""
+    results = keeper.results if keeper is not None else {}
+    return [
+        Poller(
+            build_source(cfg),
+            clock=clock,
+            last_success=results[cfg.name].taken_at if cfg.name in results else None,
+        )
+        for cfg in config.sources.values()
+    ]
 
 
 def create_app(
@@ -41,17 +55,27 @@ def create_app(
     clock: Clock | None = None,
     pollers: Sequence[Poller] | None = None,
     run_pollers: bool = True,
+    keeper: StateKeeper | None = None,
 ) -> web.Application:
-    """Build the web application; pollers start with it and stop on cleanup."""
+    """Build the web application; pollers start with it and stop on cleanup.
+
+    ``keeper`` is the exporter's memory; it is loaded here (blocking, before serving), so
+    the first scrape already serves the last-known state.
+    """
     clock = clock or SystemClock()
-    pollers = list(pollers) if pollers is not None else build_pollers(config, clock=clock)
-    collector = SnapshotCollector(pollers, clock=clock, jobs=config.jobs)
+    keeper = keeper or StateKeeper(None)
+    keeper.load()
+    if pollers is None:
+        pollers = build_pollers(config, clock=clock, keeper=keeper)
+    pollers = list(pollers)
+    collector = SnapshotCollector(pollers, clock=clock, jobs=config.jobs, keeper=keeper)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     app = web.Application()
     app[POLLERS] = pollers
     app[COLLECTOR] = collector
     app[CLOCK] = clock
+    app[KEEPER] = keeper
     app[ZONE] = ZoneInfo(config.timezone)
     app.router.add_get("/metrics", make_aiohttp_handler(registry))
     app.router.add_get("/", _index)
@@ -59,7 +83,12 @@ def create_app(
     app.router.add_get("/-/ready", _ready)
     if run_pollers:
         app.cleanup_ctx.append(_run_pollers)
+    app.on_cleanup.append(_close_keeper)
     return app
+
+
+async def _close_keeper(app: web.Application) -> None:
+    await app[KEEPER].close()
 
 
 async def _run_pollers(app: web.Application) -> AsyncIterator[None]:

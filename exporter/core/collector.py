@@ -31,8 +31,16 @@ from exporter import __version__
 from exporter.core.clock import Clock
 from exporter.core.config import JobConfig
 from exporter.core.poller import Poller
+from exporter.core.state import StateKeeper
 from exporter.schedule.expressions import parse_schedule
-from exporter.schedule.jobs import Evidence, JobSpec, JobStatus, evaluate, render_jobs
+from exporter.schedule.jobs import (
+    Evidence,
+    JobSpec,
+    JobStatus,
+    evaluate,
+    first_seen_key,
+    render_jobs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,13 @@ def config_job_specs(jobs: Mapping[str, JobConfig]) -> list[JobSpec]:
 CACHED_NOTE = " (Cached: sources are polled in the background, see backup_source_*.)"
 
 
+def _copy(family: Metric) -> Metric:
+    """Copy a family shallowly, so merging may extend its samples without touching the original."""
+    fresh = Metric(family.name, family.documentation, family.type, family.unit)
+    fresh.samples = list(family.samples)
+    return fresh
+
+
 def _noted(families: Iterable[Metric]) -> Iterator[Metric]:
     """Say in HELP that values come from the last poll, as the exporter guide asks."""
     for family in families:
@@ -71,12 +86,23 @@ class SnapshotCollector:
         *,
         clock: Clock,
         jobs: Mapping[str, JobConfig] | None = None,
+        keeper: StateKeeper | None = None,
     ) -> None:
         self.pollers = pollers
         self.clock = clock
         self.job_configs = dict(jobs or {})
         self._job_specs = config_job_specs(self.job_configs)
         self._by_name = {p.name: p for p in pollers}
+        self.keeper = keeper or StateKeeper(None)
+        # Sources whose jobs were first seen while the state database was new: they are judged
+        # on all their history, as an exporter without a memory would (first start ever).
+        self._bootstrap = (
+            {p.name for p in pollers}
+            if self.keeper.enabled and not self.keeper.first_seen
+            else set()
+        )
+        for poller in pollers:
+            poller.on_success = self.persist
 
     def describe(self) -> Iterable[Metric]:
         """Describe nothing, so registering never triggers a collect."""
@@ -95,9 +121,14 @@ class SnapshotCollector:
 
     def _families(self) -> Iterator[Metric]:
         yield from self._health()
+        yield from self.keeper.render()
         for poller in self.pollers:
             snapshot = poller.state.snapshot
             if snapshot is None:
+                # Not polled since the restart: serve what the last good poll rendered.
+                stored = self.keeper.results.get(poller.name)
+                if stored is not None:
+                    yield from _noted(_copy(f) for f in stored.families)
                 continue
             try:
                 families = list(poller.source.render(snapshot))
@@ -109,34 +140,89 @@ class SnapshotCollector:
             yield from _noted(families)
         yield from _noted(render_jobs(self.job_statuses()))
 
+    def _discovered(self, poller: Poller) -> list[tuple[JobSpec, Evidence]] | None:
+        snapshot = poller.state.snapshot
+        if snapshot is None:
+            stored = self.keeper.results.get(poller.name)
+            return None if stored is None else list(stored.jobs)
+        try:
+            return list(poller.source.jobs(snapshot))
+        except Exception:
+            log.exception("source=%s job discovery failed", poller.name)
+            return []
+
+    def _evaluate(self, spec: JobSpec, evidence: Evidence, now: float, *, known: bool) -> JobStatus:
+        first_seen = None
+        if self.keeper.enabled:
+            key = first_seen_key(spec)
+            if spec.source in self._bootstrap and key not in self.keeper.first_seen:
+                first_seen = self.keeper.first_seen_at(key, 0.0)
+            else:
+                first_seen = self.keeper.first_seen_at(key, now)
+            first_seen = first_seen or None  # 0: judged on all history
+        return evaluate(spec, evidence, now, first_seen=first_seen, known=known)
+
     def job_statuses(self) -> list[JobStatus]:
         """Evaluate every job (config and discovered) at the clock's now."""
         now = self.clock.time()
         statuses: list[JobStatus] = []
         for poller in self.pollers:
-            snapshot = poller.state.snapshot
-            if snapshot is None:
-                continue
-            try:
-                statuses.extend(evaluate(s, e, now) for s, e in poller.source.jobs(snapshot))
-            except Exception:
-                log.exception("source=%s job discovery failed", poller.name)
+            for spec, evidence in self._discovered(poller) or ():
+                statuses.append(self._evaluate(spec, evidence, now, known=True))
         for spec in self._job_specs:
-            evidence = self._config_evidence(spec)
-            statuses.append(evaluate(spec, evidence, now))
+            evidence, known = self._config_evidence(spec)
+            statuses.append(self._evaluate(spec, evidence, now, known=known))
         return statuses
 
-    def _config_evidence(self, spec: JobSpec) -> Evidence:
+    def _config_evidence(self, spec: JobSpec) -> tuple[Evidence, bool]:
+        """Return the evidence of a ``jobs:`` entry and whether its source was ever read."""
         poller = self._by_name.get(spec.source)
-        if poller is None or poller.state.snapshot is None:
-            return Evidence()
+        if poller is None:
+            return Evidence(), False
+        if poller.state.snapshot is None:
+            stored = self.keeper.results.get(poller.name)
+            if stored is None:
+                return Evidence(), False
+            return stored.config_evidence.get(spec.name, Evidence()), True
         selector = self.job_configs[spec.name].evidence
         try:
             found = poller.source.evidence(poller.state.snapshot, selector)
         except Exception:
             log.exception("source=%s evidence lookup failed", poller.name)
             found = None
-        return found or Evidence()
+        return found or Evidence(), True
+
+    def persist(self, poller: Poller) -> None:
+        """Hand a successful poll's result to the state keeper (called by the poller)."""
+        if not self.keeper.enabled or poller.state.snapshot is None:
+            return
+        snapshot = poller.state.snapshot
+        now = self.clock.time()
+        try:
+            families = list(poller.source.render(snapshot))
+        except Exception:
+            log.exception("source=%s render failed", poller.name)
+            return
+        discovered = self._discovered(poller) or []
+        config = {
+            spec.name: self._config_evidence(spec)[0]
+            for spec in self._job_specs
+            if spec.source == poller.name
+        }
+        specs = {spec.name: spec for spec in self._job_specs}
+        statuses = [self._evaluate(s, e, now, known=True) for s, e in discovered]
+        statuses += [
+            self._evaluate(specs[name], ev, now, known=True) for name, ev in config.items()
+        ]
+        self._bootstrap.discard(poller.name)
+        self.keeper.record(
+            poller.name,
+            taken_at=poller.state.last_success or now,
+            families=families,
+            discovered=discovered,
+            config_evidence=config,
+            statuses=statuses,
+        )
 
     def _health(self) -> Iterator[Metric]:
         build = GaugeMetricFamily(
@@ -176,7 +262,9 @@ class SnapshotCollector:
             up.add_metric(values, float(st.up))
             last.add_metric(values, st.last_success or 0.0)
             duration.add_metric(values, st.last_duration)
-            if st.reason is not None:
+            if not st.polled:
+                error.add_metric([*values, "starting"], 1)
+            elif st.reason is not None:
                 error.add_metric([*values, st.reason], 1)
             counts = poller.requests or {"": 0}
             for api_class, count in sorted(counts.items()):

@@ -52,10 +52,15 @@ class Poller:
         clock: Clock,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        last_success: float | None = None,
     ) -> None:
         self.source = source
         self.clock = clock
-        self.state = PollState()
+        # ``last_success`` comes from the state store after a restart: the source is not up
+        # (reason ``starting``) until its first poll, but its data is only as old as that.
+        self.state = PollState(last_success=last_success)
+        # Called after every successful poll (the state keeper persists the result).
+        self.on_success: Callable[[Poller], None] | None = None
         self.requests: collections.Counter[str] = collections.Counter()
         self._sleep = sleep
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
@@ -64,6 +69,10 @@ class Poller:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=source.name)
         self._lock = asyncio.Lock()
         self.polled = asyncio.Event()
+
+    @property
+    def _ids(self) -> tuple[str, str]:
+        return self.source.name, self.source.kind
 
     @property
     def name(self) -> str:
@@ -105,6 +114,11 @@ class Poller:
             )
             if previous.polled and not previous.up:
                 log.info("source=%s kind=%s recovered", self.name, self.source.kind)
+            if self.on_success is not None:
+                try:
+                    self.on_success(self)
+                except Exception:
+                    log.exception("source=%s kind=%s persisting the poll failed", *self._ids)
         else:
             self.state = PollState(
                 snapshot=previous.snapshot,

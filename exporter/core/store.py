@@ -257,6 +257,10 @@ class StateStore:
             found.update((entity, at) for entity, at in rows)
         return found
 
+    def all_first_seen(self) -> dict[str, float]:
+        """Return every recorded first-seen time."""
+        return {str(e): float(at) for e, at in self._read("SELECT entity, at FROM first_seen")}
+
     # -------------------------------------------------------------------- run history
 
     def add_runs(self, runs: Iterable[Run], now: float) -> int:
@@ -305,6 +309,13 @@ class StateStore:
         """Return everything remembered for ``source``."""
         rows = self._read("SELECT key, value FROM memory WHERE source = ?", (source,))
         return {key: json.loads(value) for key, value in rows}
+
+    def all_memories(self) -> dict[str, dict[str, Any]]:
+        """Return every source's memory."""
+        out: dict[str, dict[str, Any]] = {}
+        for source, key, value in self._read("SELECT source, key, value FROM memory"):
+            out.setdefault(source, {})[key] = json.loads(value)
+        return out
 
     def integrity_check(self) -> str:
         """Run SQLite's full integrity check; ``"ok"`` when the file is sound."""

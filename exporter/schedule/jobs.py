@@ -15,6 +15,24 @@ Deadlines, for the expected start ``E`` (the latest scheduled start ``<= now``):
   that a missed run stays overdue until a success arrives instead of resolving at the next
   scheduled start and firing again after its grace (no alert flapping while backups are broken).
 
+First seen. A job is judged only from the moment the exporter first saw it (with this schedule
+and grace, see :func:`first_seen_key`): scheduled starts before ``first_seen`` do not count, so
+a new job, a guest newly picked up by an ``all`` job or a moved schedule is not overdue the
+moment it appears.
+
+State. ``backup_job_state{state}`` is a state set with exactly one of :data:`STATES` at 1:
+
+* ``unknown``: the job's source was never polled successfully, or nothing at all was seen of
+  the job and no run since first seen is due yet. Unknown is never success, and
+  ``backup_job_overdue`` is 0 while it lasts; ``BackupJobUnknown`` fires once it lasts past
+  ``backup_job_first_deadline_timestamp_seconds`` (the first finish deadline after first seen);
+* ``failed``: the last run failed (and no run is in progress);
+* ``overdue``: ``backup_job_overdue`` is 1;
+* ``late``: past the start deadline without a start or a success since the expected start,
+  not yet past the finish deadline;
+* ``running``: a run is in progress;
+* ``ok``: otherwise.
+
 Sample exposition::
 
     # HELP backup_job_overdue 1 when the job missed its start or finish deadline.
@@ -23,6 +41,10 @@ Sample exposition::
     # HELP backup_job_finish_deadline_timestamp_seconds Expected start plus grace.
     # TYPE backup_job_finish_deadline_timestamp_seconds gauge
     backup_job_finish_deadline_timestamp_seconds{backup_job="daily",source="pve1",vmid=""} 1.7e9
+    # HELP backup_job_state The job's state (exactly one state is 1).
+    # TYPE backup_job_state gauge
+    backup_job_state{backup_job="daily",source="pve1",state="ok",vmid=""} 1.0
+    backup_job_state{backup_job="daily",source="pve1",state="unknown",vmid=""} 0.0
 """
 
 from __future__ import annotations
@@ -30,6 +52,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Literal, get_args
 
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 
@@ -61,6 +84,25 @@ class JobSpec:
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
+JobState = Literal["ok", "running", "late", "overdue", "failed", "unknown"]
+STATES: tuple[JobState, ...] = get_args(JobState)
+
+
+def first_seen_key(spec: JobSpec) -> str:
+    """Identify a job *with its schedule and grace*: changing either starts a new first seen."""
+    vmid = spec.labels.get("vmid", "")
+    start_grace = "" if spec.start_grace is None else f"{spec.start_grace:g}"
+    return (
+        f"job\x1f{spec.source}\x1f{spec.name}\x1f{vmid}\x1f{spec.schedule.expression}"
+        f"\x1f{spec.schedule.tz}\x1f{spec.grace:g}\x1f{start_grace}"
+    )
+
+
+def job_key(spec: JobSpec) -> str:
+    """Identify a job by its labels only (its run history survives a schedule change)."""
+    return f"{spec.source}/{spec.name}/{spec.labels.get('vmid', '')}"
+
+
 @dataclass(frozen=True)
 class JobStatus:
     """The computed state of one job at one instant."""
@@ -73,14 +115,37 @@ class JobStatus:
     finish_deadline: float | None
     overdue: bool
     missed_start: bool
+    state: JobState = "ok"
+    first_seen: float | None = None
+    first_deadline: float | None = None
 
 
 def _ts(dt: datetime | None) -> float | None:
     return None if dt is None else dt.timestamp()
 
 
-def evaluate(spec: JobSpec, evidence: Evidence, now: float) -> JobStatus:
-    """Compute deadlines and the overdue flag of ``spec`` at ``now``."""
+def _seen(evidence: Evidence) -> bool:
+    return (
+        evidence.last_success is not None
+        or evidence.last_start is not None
+        or evidence.failed
+        or evidence.running
+    )
+
+
+def evaluate(
+    spec: JobSpec,
+    evidence: Evidence,
+    now: float,
+    *,
+    first_seen: float | None = None,
+    known: bool = True,
+) -> JobStatus:
+    """Compute deadlines, the overdue flag and the state of ``spec`` at ``now``.
+
+    ``first_seen`` (Unix seconds) drops scheduled starts before it; ``known`` is False while the
+    job's source has never been polled successfully (the state is then ``unknown``).
+    """
     sched = spec.schedule
     at = datetime.fromtimestamp(now, UTC)
     expected = _ts(sched.latest_at_or_before(at))
@@ -88,27 +153,65 @@ def evaluate(spec: JobSpec, evidence: Evidence, now: float) -> JobStatus:
         next_start: float | None = sched.next_after(at).timestamp()
     except NoNextStartError:  # a one-shot date in the past
         next_start = None
+    first_deadline = None
+    if first_seen is not None:
+        try:
+            first_start = sched.next_after(
+                datetime.fromtimestamp(first_seen, UTC) - timedelta(microseconds=1)
+            )
+            first_deadline = first_start.timestamp() + spec.grace
+        except NoNextStartError:
+            first_deadline = None
+
+    def counts(start: float | None) -> float | None:
+        # Scheduled starts before the job was first seen are not judged.
+        if start is None or (first_seen is not None and start < first_seen):
+            return None
+        return start
+
     success = evidence.last_success
     # "Past the deadline" is strict: at exactly start + grace the run is still on time.
     tick = timedelta(microseconds=1)
-    due = _ts(sched.latest_at_or_before(datetime.fromtimestamp(now - spec.grace, UTC) - tick))
-    overdue = due is not None and (success is None or success < due)
+    due = counts(
+        _ts(sched.latest_at_or_before(datetime.fromtimestamp(now - spec.grace, UTC) - tick))
+    )
+    overdue = known and due is not None and (success is None or success < due)
     missed_start = False
     start_deadline = None
+    late = False
     if spec.start_grace is not None and expected is not None:
         start_deadline = expected + spec.start_grace
-        if evidence.tracks_start:
-            due_start = _ts(
+        due_start = counts(
+            _ts(
                 sched.latest_at_or_before(
                     datetime.fromtimestamp(now - spec.start_grace, UTC) - tick
                 )
             )
-            started = evidence.last_start
-            missed_start = (
-                due_start is not None
-                and (started is None or started < due_start)
-                and (success is None or success < due_start)
-            )
+        )
+        started = evidence.last_start if evidence.tracks_start else None
+        not_started = (
+            due_start is not None
+            and (started is None or started < due_start)
+            and (success is None or success < due_start)
+        )
+        missed_start = known and evidence.tracks_start and not_started
+        late = known and not_started
+    overdue = overdue or missed_start
+    state: JobState
+    if not known:
+        state = "unknown"
+    elif evidence.failed and not evidence.running:
+        state = "failed"
+    elif overdue:
+        state = "overdue"
+    elif late:
+        state = "late"
+    elif evidence.running:
+        state = "running"
+    elif _seen(evidence) or due is not None:
+        state = "ok"
+    else:
+        state = "unknown"
     return JobStatus(
         spec=spec,
         evidence=evidence,
@@ -116,8 +219,11 @@ def evaluate(spec: JobSpec, evidence: Evidence, now: float) -> JobStatus:
         next_start=next_start,
         start_deadline=start_deadline,
         finish_deadline=None if expected is None else expected + spec.grace,
-        overdue=overdue or missed_start,
+        overdue=overdue,
         missed_start=missed_start,
+        state=state,
+        first_seen=first_seen,
+        first_deadline=first_deadline,
     )
 
 
@@ -133,6 +239,8 @@ _GAUGES: tuple[tuple[str, str], ...] = (
     ("failed", "1 when the last run failed."),
     ("overdue", "1 when the job missed its start or finish deadline."),
     ("start_missed", "1 when the latest run past its start deadline never started."),
+    ("first_seen_timestamp_seconds", "When the exporter first saw the job with this schedule."),
+    ("first_deadline_timestamp_seconds", "The first finish deadline after first seen."),
 )
 
 
@@ -149,6 +257,8 @@ def _values(st: JobStatus) -> Iterator[tuple[str, float | None]]:
     yield "failed", float(ev.failed)
     yield "overdue", float(st.overdue)
     yield "start_missed", float(st.missed_start)
+    yield "first_seen_timestamp_seconds", st.first_seen
+    yield "first_deadline_timestamp_seconds", st.first_deadline
 
 
 def render_jobs(statuses: Iterable[JobStatus]) -> Iterator[Metric]:
@@ -160,6 +270,9 @@ def render_jobs(statuses: Iterable[JobStatus]) -> Iterator[Metric]:
     gauges = {
         key: GaugeMetricFamily(f"backup_job_{key}", doc, labels=labels) for key, doc in _GAUGES
     }
+    state = GaugeMetricFamily(
+        "backup_job_state", "The job's state (exactly one state is 1).", labels=[*labels, "state"]
+    )
     for st in statuses:
         spec = st.spec
         values = [spec.name, spec.source, spec.labels.get("vmid", "")]
@@ -170,5 +283,8 @@ def render_jobs(statuses: Iterable[JobStatus]) -> Iterator[Metric]:
         for key, value in _values(st):
             if value is not None:
                 gauges[key].add_metric(values, value)
+        for name in STATES:
+            state.add_metric([*values, name], float(st.state == name))
     yield info
     yield from gauges.values()
+    yield state

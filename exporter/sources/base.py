@@ -25,7 +25,20 @@ from exporter.core.config import SourceConfig
 if TYPE_CHECKING:
     from exporter.schedule.jobs import Evidence, JobSpec
 
-Reason = Literal["timeout", "auth", "permission", "tls", "http", "parse", "connection", "config"]
+# ``starting``: not polled since the exporter started (its last-known values are served);
+# ``offline``: a failed poll inside the source's declared offline window.
+Reason = Literal[
+    "timeout",
+    "auth",
+    "permission",
+    "tls",
+    "http",
+    "parse",
+    "connection",
+    "config",
+    "starting",
+    "offline",
+]
 REASONS: tuple[Reason, ...] = get_args(Reason)
 
 S = TypeVar("S")
