@@ -22,24 +22,24 @@ from exporter.core.poller import Poller, PollState
 from exporter.schedule.jobs import evaluate, render_jobs
 from exporter.sim.pve import FakeGuest, FakePVE, FakeStorage, PVEScenario, homelab, start_fake_pve
 from exporter.sources import _MODULES
-from exporter.sources.proxmox.source import (
-    SPEC,
+from exporter.sources.proxmox.config import ProxmoxConfig
+from exporter.sources.proxmox.jobs import covered_guests
+from exporter.sources.proxmox.model import (
     Archive,
     BackupJob,
     BackupStorage,
     Guest,
-    ProxmoxConfig,
     ProxmoxSnapshot,
-    ProxmoxSource,
     Retention,
     VzdumpTask,
-    covered_guests,
+)
+from exporter.sources.proxmox.retention import (
     expected_archives,
-    guest_evidence,
-    normalize_status,
     parse_retention,
     retention_targets,
 )
+from exporter.sources.proxmox.source import SPEC, ProxmoxSource
+from exporter.sources.proxmox.tasks import guest_evidence, normalize_status
 
 BERLIN = ZoneInfo("Europe/Berlin")
 START = 1_780_000_000.0  # 2026-05-28 22:26:40 in Berlin, after that day's 21:00 run

@@ -1,0 +1,181 @@
+"""Access to the Proxmox VE API through proxmoxer: one GET per call, every failure a FetchError.
+
+One poll reads (api-shapes §1; 5 + 2 per online node + 1 per backup storage calls)::
+
+    GET /nodes                                   node list and online status
+    GET /cluster/resources?type=vm               guests: vmid, name, node, type, pool, template
+    GET /storage                                 storage config: prune-backups (property string)
+    GET /cluster/backup                          backup jobs (prune-backups as an object)
+    GET /cluster/backup-info/not-backed-up       guests no job covers
+    GET /nodes/{node}/storage                    per online node: backup storages, size, used
+    GET /nodes/{node}/tasks?typefilter=vzdump&source=all&limit=N   recent vzdump tasks
+    GET /nodes/{node}/storage/{sid}/content?content=backup         once per storage (shared: once)
+
+:class:`ProxmoxApi` has one method per endpoint, returning the answer's ``data`` as decoded
+JSON; :mod:`~exporter.sources.proxmox.responses` and :mod:`~exporter.sources.proxmox.tasks`
+parse it.
+
+The API token needs ``PVEAuditor`` on ``/`` and, to see backups at all, ``Datastore.Allocate`` on
+``/storage/<sid>`` or ``Datastore.AllocateSpace`` there plus ``VM.Backup`` on ``/vms``: without
+them PVE answers the backup listing with an empty list and HTTP 200. When the vzdump tasks show
+successful backups but no storage lists a single archive, the poll fails with reason
+``permission`` instead of reporting "no backups" (:func:`check_backup_visibility`).
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+import requests
+from proxmoxer import ProxmoxAPI
+from proxmoxer.core import ResourceException
+
+from exporter.sources.base import FetchContext, FetchError
+from exporter.sources.proxmox.config import ProxmoxConfig
+from exporter.sources.proxmox.model import ProxmoxSnapshot
+
+
+class ProxmoxApi:
+    """The API of one Proxmox VE cluster, read with an API token."""
+
+    def __init__(self, config: ProxmoxConfig) -> None:
+        self.config = config
+        self._api: ProxmoxAPI | None = None
+
+    def _client(self) -> ProxmoxAPI:
+        # Token auth does no I/O here; the client (and its keep-alive session) is reused.
+        if self._api is None:
+            cfg = self.config
+            user, _, token_name = cfg.token_id.partition("!")
+            self._api = ProxmoxAPI(
+                cfg.host,
+                port=cfg.port,
+                user=user,
+                token_name=token_name,
+                token_value=cfg.token_secret.reveal(),
+                verify_ssl=cfg.verify,
+                timeout=cfg.timeout,
+            )
+        return self._api
+
+    def _request(self, path: str, params: dict[str, Any]) -> Any:
+        return self._client()(path).get(**params)
+
+    async def get(self, ctx: FetchContext, path: str, **params: Any) -> Any:
+        """GET ``path`` (relative to /api2/json) and map every failure to a FetchError."""
+        where = f"GET /{path}"
+        ctx.count_request()
+        try:
+            return await ctx.run_blocking(self._request, path, params)
+        except ResourceException as exc:
+            raise _http_error(where, exc.status_code) from None
+        except requests.exceptions.SSLError:
+            raise FetchError(
+                "tls", f"{where}: TLS verification failed (set ca_file or verify_tls)"
+            ) from None
+        except requests.exceptions.Timeout:
+            raise FetchError(
+                "timeout", f"{where}: no answer within {self.config.timeout:g}s"
+            ) from None
+        except requests.exceptions.ConnectionError:
+            raise FetchError(
+                "connection", f"{where}: cannot connect to {self.config.host}:{self.config.port}"
+            ) from None
+        except requests.exceptions.RequestException as exc:
+            raise FetchError("connection", f"{where}: {type(exc).__name__}") from None
+        except OSError as exc:  # e.g. an unreadable CA bundle
+            raise FetchError("tls", f"{where}: {exc.strerror or type(exc).__name__}") from None
+        except (KeyError, TypeError, ValueError) as exc:
+            # proxmoxer indexes ["data"] into whatever JSON came back.
+            raise FetchError(
+                "parse", f"{where}: malformed response ({type(exc).__name__})"
+            ) from None
+
+    async def nodes(self, ctx: FetchContext) -> Any:
+        """``GET /nodes``."""
+        return await self.get(ctx, "nodes")
+
+    async def guests(self, ctx: FetchContext) -> Any:
+        """``GET /cluster/resources?type=vm``."""
+        return await self.get(ctx, "cluster/resources", type="vm")
+
+    async def storage_config(self, ctx: FetchContext) -> Any:
+        """``GET /storage``."""
+        return await self.get(ctx, "storage")
+
+    async def backup_jobs(self, ctx: FetchContext) -> Any:
+        """``GET /cluster/backup``."""
+        return await self.get(ctx, "cluster/backup")
+
+    async def not_backed_up(self, ctx: FetchContext) -> Any:
+        """``GET /cluster/backup-info/not-backed-up``."""
+        return await self.get(ctx, "cluster/backup-info/not-backed-up")
+
+    async def node_storages(self, ctx: FetchContext, node: str) -> Any:
+        """``GET /nodes/{node}/storage``."""
+        return await self.get(ctx, f"nodes/{node}/storage")
+
+    async def vzdump_tasks(self, ctx: FetchContext, node: str, limit: int) -> Any:
+        """``GET /nodes/{node}/tasks?typefilter=vzdump&source=all&limit={limit}``."""
+        return await self.get(
+            ctx,
+            f"nodes/{node}/tasks",
+            typefilter="vzdump",
+            source="all",
+            limit=limit,
+        )
+
+    async def backup_content(self, ctx: FetchContext, node: str, storage: str) -> Any:
+        """``GET /nodes/{node}/storage/{storage}/content?content=backup``."""
+        return await self.get(ctx, f"nodes/{node}/storage/{storage}/content", content="backup")
+
+    def close(self) -> None:
+        """Close the HTTP session's idle keep-alive connections."""
+        if self._api is not None:
+            session = self._api._store.get("session")
+            if session is not None:
+                session.close()
+            self._api = None
+
+
+def _http_error(where: str, status: int) -> FetchError:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "error"
+    if status == 401:
+        return FetchError(
+            "auth", f"{where}: HTTP 401 {phrase}: check token_id and the token secret"
+        )
+    if status == 403:
+        return FetchError(
+            "permission", f"{where}: HTTP 403 {phrase}: the token needs PVEAuditor on /"
+        )
+    return FetchError("http", f"{where}: HTTP {status} {phrase}")
+
+
+def check_backup_visibility(snapshot: ProxmoxSnapshot) -> None:
+    """Fail with ``permission`` when tasks report backups that no storage listing shows.
+
+    PVE silently drops backup volumes the token may not access (api-shapes §1.1), so an
+    empty listing next to successful vzdump tasks means missing privileges, not "no backups".
+    """
+    if snapshot.archives or not any(t.succeeded for t in snapshot.tasks):
+        return
+    listed = [s.storage for s in snapshot.storages if s.listed]
+    targets = {j.storage for j in snapshot.jobs}
+    # Judge the storages the jobs write to (all listed ones if there are no jobs); when those
+    # could not be listed (offline), an empty local storage proves nothing.
+    names = [s for s in listed if s in targets] if targets else listed
+    if not names:
+        return
+    sids = ", ".join(names)
+    first = names[0]
+    raise FetchError(
+        "permission",
+        f"vzdump tasks report successful backups but the backup listing of {sids} is empty: "
+        f"the API token lacks Datastore.Allocate on /storage/{first}, or "
+        f"Datastore.AllocateSpace on /storage/{first} plus VM.Backup on /vms "
+        f"(PVE hides backups it may not access)",
+    )

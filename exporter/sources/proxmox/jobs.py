@@ -1,0 +1,48 @@
+"""Backup jobs: the guests a job covers, its parsed schedule and the graces capped by it."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from itertools import islice
+
+from exporter.schedule.expressions import Schedule, parse_schedule
+from exporter.sources.proxmox.model import BackupJob, Guest
+
+
+def covered_guests(job: BackupJob, guests: Iterable[Guest]) -> tuple[Guest, ...]:
+    """Return the guests ``job`` backs up: all (minus exclude), a pool or a vmid list.
+
+    ``node`` restricts any selection to that node's guests; templates are never counted.
+    """
+    out = []
+    for g in guests:
+        if g.template or (job.node and g.node != job.node):
+            continue
+        if job.all:
+            selected = g.vmid not in job.exclude
+        elif job.pool:
+            selected = g.pool == job.pool
+        else:
+            selected = g.vmid in job.vmids
+        if selected:
+            out.append(g)
+    return tuple(sorted(out, key=lambda g: g.vmid))
+
+
+@functools.lru_cache(maxsize=256)
+def job_schedule(expression: str, tz: str) -> Schedule:
+    """Parse a job's ``schedule`` in the nodes' time zone ``tz`` (cached); raise ScheduleError."""
+    return parse_schedule(expression, tz)
+
+
+def capped_graces(
+    schedule: Schedule, at: float, grace: float, start_grace: float
+) -> tuple[float, float]:
+    """Cap the graces at the schedule's period, so an hourly job is not given 6 hours."""
+    starts = list(islice(schedule.iter_after(datetime.fromtimestamp(at, UTC)), 2))
+    if len(starts) == 2:
+        period = (starts[1] - starts[0]).total_seconds()
+        grace = min(grace, period)
+    return grace, min(start_grace, grace)
