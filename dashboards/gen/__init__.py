@@ -1,0 +1,1 @@
+"""The dashboards' generator: shared panel helpers (``common``) and one module per dashboard."""
