@@ -30,7 +30,7 @@ from exporter.sources.truenas.source import (
     detect_version,
     parse_datasets,
 )
-from exporter.storage.model import DatasetFilter
+from exporter.storage.models import DatasetFilter
 
 PROMTOOL = Path("/usr/bin/promtool")
 BERLIN = ZoneInfo("Europe/Berlin")

@@ -85,18 +85,16 @@ from exporter.sources.truenas.client import (
     TrueNASRestClient,
     api_url,
 )
-from exporter.storage.model import (
+from exporter.storage.config import parse_dataset_filter
+from exporter.storage.evidence import storage_evidence
+from exporter.storage.models import (
     DatasetFilter,
     DatasetInfo,
     PoolInfo,
     SelfTestResult,
     SmartDevice,
-    parse_dataset_filter,
-    render_datasets,
-    render_pools,
-    render_smart,
-    storage_evidence,
 )
+from exporter.storage.render import render_datasets, render_pools, render_smart
 
 log = logging.getLogger(__name__)
 
@@ -651,7 +649,7 @@ def _schedule_interval(schedule: Schedule, at: datetime) -> float:
 
 
 class TrueNASSource(Source[TrueNASConfig, TrueNASSnapshot]):
-    """Polls TrueNAS over JSON-RPC; renders storage through :mod:`exporter.storage.model`.
+    """Polls TrueNAS over JSON-RPC; renders storage through :mod:`exporter.storage.render`.
 
     Sample exposition::
 
