@@ -22,9 +22,9 @@ from exporter.core.poller import Poller, PollState
 from exporter.schedule.jobs import evaluate
 from exporter.sim.truenas import GIB, FakeTrueNAS, TrueNASScenario, homelab, start_fake_truenas
 from exporter.sources.base import FetchContext, FetchError
+from exporter.sources.truenas.config import TrueNASConfig
 from exporter.sources.truenas.source import (
     SPEC,
-    TrueNASConfig,
     TrueNASSnapshot,
     TrueNASSource,
     detect_version,
