@@ -32,7 +32,8 @@ from typing import Any
 
 from b2sdk.v3 import B2Api, B2HttpApiConfig, InMemoryAccountInfo, RawSimulator
 
-from exporter.buckets.engine import BucketConfig, PrefixAggregate, RestoreCheckConfig
+from exporter.buckets.engine import BucketConfig, RestoreCheckConfig
+from exporter.buckets.listing import PrefixAggregate
 from exporter.core.clock import SystemClock
 from exporter.core.config import Secret
 from exporter.sources.b2.source import B2Config, B2Source

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.buckets.engine import BucketsSnapshot
+from exporter.buckets.model import BucketsSnapshot
 from exporter.core.clock import FakeClock
 from exporter.core.collector import SnapshotCollector
 from exporter.core.config import ConfigError, parse_config

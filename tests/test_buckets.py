@@ -19,21 +19,21 @@ from exporter.buckets.engine import (
     BucketConfig,
     BucketSource,
     BucketSourceConfig,
-    BucketsSnapshot,
-    BucketState,
-    Download,
-    PrefixAggregate,
-    PrefixStats,
-    ReservoirSampler,
     RestoreCheckConfig,
-    SampleObject,
-    billed_bytes,
     bucket_evidence,
     parse_buckets,
     parse_retries,
-    render_buckets,
-    verify,
 )
+from exporter.buckets.listing import PrefixAggregate, ReservoirSampler, billed_bytes
+from exporter.buckets.model import (
+    BucketsSnapshot,
+    BucketState,
+    Download,
+    PrefixStats,
+    SampleObject,
+)
+from exporter.buckets.render import render_buckets
+from exporter.buckets.restore import verify
 from exporter.core.clock import FakeClock
 from exporter.core.config import Problems, Section
 from exporter.core.poller import Poller

@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.buckets.engine import multipart_etag
+from exporter.buckets.restore import multipart_etag
 from exporter.core.clock import FakeClock
 from exporter.core.config import parse_config
 from exporter.core.poller import Poller

@@ -15,7 +15,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.storage.model import (
+from exporter.storage.evidence import (
+    scrub_evidence,
+    selftest_evidence,
+    snapshot_evidence,
+    storage_evidence,
+)
+from exporter.storage.models import (
     EXIT_STATUS_FLAGS,
     POOL_STATES,
     DatasetFilter,
@@ -23,11 +29,16 @@ from exporter.storage.model import (
     PoolInfo,
     SelfTestResult,
     SmartDevice,
-    StorageParseError,
+)
+from exporter.storage.render import render_datasets, render_pools, render_smart
+from exporter.storage.smartctl import (
     ata_selftest_age_hours,
     decode_exit_status,
     describe_exit_status,
     parse_smartctl_json,
+)
+from exporter.storage.zfs import (
+    StorageParseError,
     parse_zfs_list,
     parse_zfs_list_json,
     parse_zfs_list_text,
@@ -35,13 +46,6 @@ from exporter.storage.model import (
     parse_zfs_version,
     parse_zpool_status_json,
     parse_zpool_status_text,
-    render_datasets,
-    render_pools,
-    render_smart,
-    scrub_evidence,
-    selftest_evidence,
-    snapshot_evidence,
-    storage_evidence,
 )
 
 NOW = 1_800_000_000.0

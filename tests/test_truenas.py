@@ -22,15 +22,11 @@ from exporter.core.poller import Poller, PollState
 from exporter.schedule.jobs import evaluate
 from exporter.sim.truenas import GIB, FakeTrueNAS, TrueNASScenario, homelab, start_fake_truenas
 from exporter.sources.base import FetchContext, FetchError
-from exporter.sources.truenas.source import (
-    SPEC,
-    TrueNASConfig,
-    TrueNASSnapshot,
-    TrueNASSource,
-    detect_version,
-    parse_datasets,
-)
-from exporter.storage.model import DatasetFilter
+from exporter.sources.truenas.config import TrueNASConfig
+from exporter.sources.truenas.model import TrueNASSnapshot
+from exporter.sources.truenas.parse import detect_version, parse_datasets
+from exporter.sources.truenas.source import SPEC, TrueNASSource
+from exporter.storage.models import DatasetFilter
 
 PROMTOOL = Path("/usr/bin/promtool")
 BERLIN = ZoneInfo("Europe/Berlin")

@@ -1,4 +1,4 @@
-"""Cloud buckets (``kind: b2``/``s3``): config, streaming aggregation, restore checks, metrics.
+"""Cloud buckets (``kind: b2``/``s3``): config and the poll loop both kinds share.
 
 Both kinds share everything but the SDK calls. A kind subclasses :class:`BucketSource` and
 implements three blocking methods (run in the source's worker thread): ``prepare`` (log in),
@@ -30,30 +30,15 @@ Restore check rules (``restore_check: {interval: 7d, max_bytes: 16MiB, canary: k
 * Failure reasons: ``hash_mismatch``, ``missing``, ``too_large``, ``download_error``,
   ``no_candidate``. A failed check never fails the listing.
 
-Sample exposition::
-
-    # HELP backup_bucket_objects Latest visible objects under the prefix.
-    # TYPE backup_bucket_objects gauge
-    backup_bucket_objects{bucket="homelab",prefix="immich/",source="b2"} 2042.0
-    # HELP backup_bucket_newest_object_timestamp_seconds Upload time of the newest object.
-    # TYPE backup_bucket_newest_object_timestamp_seconds gauge
-    backup_bucket_newest_object_timestamp_seconds{bucket="homelab",prefix="",source="b2"} 1.77e+09
-    # HELP backup_bucket_estimated_monthly_cost_dollars Listed bytes times the price per TB-month.
-    # TYPE backup_bucket_estimated_monthly_cost_dollars gauge
-    backup_bucket_estimated_monthly_cost_dollars{bucket="homelab",source="b2"} 1.27
-    # HELP backup_restore_check_success 1 if the last restore check verified the sample.
-    # TYPE backup_restore_check_success gauge
-    backup_restore_check_success{bucket="homelab",source="b2"} 1.0
-    # HELP backup_restore_check_info Outcome of the last restore check.
-    # TYPE backup_restore_check_info gauge
-    backup_restore_check_info{bucket="homelab",result="ok",source="b2",verified="sha1"} 1.0
+The records are in :mod:`exporter.buckets.model`, the streaming aggregation in
+:mod:`exporter.buckets.listing`, the verification in :mod:`exporter.buckets.restore` and
+the metric families (with a sample exposition) in :mod:`exporter.buckets.render`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import random
@@ -62,10 +47,23 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TypeVar
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
+from exporter.buckets.listing import PrefixAggregate, ReservoirSampler
+from exporter.buckets.model import (
+    BucketsSnapshot,
+    BucketState,
+    Download,
+    FailReason,
+    PrefixStats,
+    RestoreResult,
+    SampleObject,
+    Verified,
+)
+from exporter.buckets.render import render_buckets
+from exporter.buckets.restore import verify
 from exporter.core.config import Section, SourceConfig
 from exporter.schedule.jobs import Evidence
 from exporter.sources.base import FetchContext, FetchError, Source
@@ -75,21 +73,7 @@ log = logging.getLogger(__name__)
 DEFAULT_BUCKET_INTERVAL = 6 * 3600.0
 DEFAULT_RESTORE_INTERVAL = 7 * 86400.0
 DEFAULT_MAX_BYTES = 16 * 2**20
-TB = 10**12  # providers bill in decimal terabytes
 MAX_RETRIES = 10
-
-FailReason = Literal["hash_mismatch", "missing", "too_large", "download_error", "no_candidate"]
-Verified = Literal["sha1", "md5", "multipart_etag", "size", "none"]
-
-# Part sizes tried when reproducing a multipart ETag: the defaults of common uploaders
-# (5 MiB S3 minimum / rclone / restic-minio 16 MiB, AWS CLI 8 MiB, s3cmd 15 MiB, larger
-# chunkers 32-128 MiB, Storj's 64 MiB segments) and the same sizes in decimal MB.
-COMMON_PART_SIZES: tuple[int, ...] = tuple(
-    sorted(
-        {m * 2**20 for m in (5, 8, 10, 15, 16, 25, 32, 50, 64, 100, 128)}
-        | {m * 10**6 for m in (5, 8, 10, 15, 16, 25, 32, 50, 64, 100, 128)}
-    )
-)
 
 
 # --------------------------------------------------------------------------- config
@@ -198,265 +182,6 @@ def _parse_restore(bsec: Section) -> RestoreCheckConfig:
     )
 
 
-# --------------------------------------------------------------------------- model
-
-
-@dataclass(frozen=True)
-class PrefixStats:
-    """Aggregates of the latest visible objects under one prefix."""
-
-    prefix: str
-    objects: int
-    size_bytes: int
-    newest: float | None
-    oldest: float | None
-    listed_at: float
-
-
-class PrefixAggregate:
-    """Running count/size/newest/oldest of one prefix while its listing streams."""
-
-    __slots__ = ("newest", "objects", "oldest", "size_bytes")
-
-    def __init__(self) -> None:
-        self.objects = 0
-        self.size_bytes = 0
-        self.newest: float | None = None
-        self.oldest: float | None = None
-
-    def add(self, size: int, timestamp: float) -> None:
-        """Count one object (order does not matter: Storj lists in encrypted order)."""
-        self.objects += 1
-        self.size_bytes += size
-        if self.newest is None or timestamp > self.newest:
-            self.newest = timestamp
-        if self.oldest is None or timestamp < self.oldest:
-            self.oldest = timestamp
-
-    def result(self, prefix: str, listed_at: float) -> PrefixStats:
-        """Freeze the aggregate."""
-        return PrefixStats(
-            prefix=prefix,
-            objects=self.objects,
-            size_bytes=self.size_bytes,
-            newest=self.newest,
-            oldest=self.oldest,
-            listed_at=listed_at,
-        )
-
-
-@dataclass(frozen=True)
-class SampleObject:
-    """The object chosen for a restore check (``version``: B2 file id or S3 version id)."""
-
-    key: str
-    size: int
-    version: str = ""
-
-
-class ReservoirSampler:
-    """Chooses one object uniformly at random from a stream, in O(1) memory.
-
-    Reservoir sampling with a reservoir of one: the n-th eligible object replaces the
-    current choice with probability 1/n, so every eligible object ends up chosen with
-    probability 1/N without the stream ever being stored.
-    """
-
-    __slots__ = ("chosen", "eligible", "max_bytes", "rng")
-
-    def __init__(self, rng: random.Random, max_bytes: int) -> None:
-        self.rng = rng
-        self.max_bytes = max_bytes
-        self.eligible = 0
-        self.chosen: SampleObject | None = None
-
-    def wants(self, size: int) -> bool:
-        """Tell whether the object of ``size`` bytes should replace the current choice."""
-        if size <= 0 or size > self.max_bytes:
-            return False  # an empty object proves nothing; a huge one costs egress
-        self.eligible += 1
-        return self.rng.randrange(self.eligible) == 0
-
-    def take(self, sample: SampleObject) -> None:
-        """Record the object that :meth:`wants` accepted."""
-        self.chosen = sample
-
-
-@dataclass(frozen=True)
-class Download:
-    """What a kind's ``download`` returns: the bytes and the service's record of them.
-
-    ``reason`` is set (and ``data`` empty) when the download could not be done.
-    ``sha1``/``etag`` are the hashes the service stored for the object, when it has them;
-    ``verify_etag`` is False when the ETag is known not to be an MD5 (SSE-KMS).
-    ``part_size`` is the size of part 1 of a multipart object, when the store tells it.
-    """
-
-    key: str
-    data: bytes = b""
-    expected_size: int | None = None
-    sha1: str | None = None
-    etag: str | None = None
-    verify_etag: bool = True
-    part_size: int | None = None
-    reason: FailReason | None = None
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class RestoreResult:
-    """The outcome of one restore check."""
-
-    checked_at: float
-    success: bool
-    result: str  # "ok" or a FailReason
-    verified: Verified
-    duration: float
-    bytes: int
-    key: str = ""
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class BucketState:
-    """Everything known about one bucket at snapshot time."""
-
-    name: str
-    price_per_tb_month: float
-    prefixes: tuple[PrefixStats, ...]
-    restore: RestoreResult | None = None
-    restore_last_success: float | None = None
-
-
-@dataclass(frozen=True)
-class BucketsSnapshot:
-    """A frozen view of every configured bucket that has been listed at least once."""
-
-    buckets: tuple[BucketState, ...]
-
-    def bucket(self, name: str) -> BucketState | None:
-        """Find a bucket by name."""
-        return next((b for b in self.buckets if b.name == name), None)
-
-
-# --------------------------------------------------------------------------- verification
-
-
-class TooLargeError(Exception):
-    """The download grew past ``max_bytes``."""
-
-
-class BoundedSink:
-    """A write-only, non-seekable in-memory file that refuses more than ``limit`` bytes.
-
-    Non-seekable on purpose: b2sdk then uses its simple single-stream downloader (one
-    Class B call) instead of parallel ranged downloads.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._buf = bytearray()
-
-    def write(self, data: bytes) -> int:
-        """Append ``data``; raise :class:`TooLargeError` past the limit."""
-        if len(self._buf) + len(data) > self.limit:
-            raise TooLargeError(f"more than {self.limit} bytes")
-        self._buf += data
-        return len(data)
-
-    def writable(self) -> bool:
-        """Tell file-like consumers this sink can be written."""
-        return True
-
-    def seekable(self) -> bool:
-        """Tell b2sdk not to use seeking (parallel) download strategies."""
-        return False
-
-    def flush(self) -> None:
-        """Nothing to flush."""
-
-    def getvalue(self) -> bytes:
-        """Return the bytes written so far."""
-        return bytes(self._buf)
-
-
-def multipart_etag(data: bytes, part_size: int) -> str:
-    """Compute the S3 ETag of ``data`` uploaded in parts of ``part_size``: ``md5(md5s)-<n>``."""
-    digests = b"".join(
-        hashlib.md5(data[i : i + part_size], usedforsecurity=False).digest()
-        for i in range(0, len(data), part_size)
-    )
-    parts = max(1, -(-len(data) // part_size))
-    return f"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{parts}"
-
-
-def _multipart_candidates(size: int, parts: int) -> Iterator[int]:
-    """Part sizes that split ``size`` bytes into exactly ``parts`` parts."""
-    seen: set[int] = set()
-    for part_size in COMMON_PART_SIZES:
-        if -(-size // part_size) == parts:
-            seen.add(part_size)
-            yield part_size
-    if parts > 1:
-        # Uploaders that split evenly (size / parts rounded up to a MiB, or to a byte).
-        for mult in (2**20, 10**6, 1):
-            guess = -(-size // parts)
-            guess = -(-guess // mult) * mult
-            if guess not in seen and -(-size // guess) == parts:
-                seen.add(guess)
-                yield guess
-
-
-def verify(download: Download) -> tuple[bool, Verified, FailReason | None]:
-    """Check downloaded bytes against the service's hash; return (ok, what was verified, why).
-
-    Rules, strongest first:
-
-    * B2: SHA-1 of the bytes equals ``content_sha1`` (for large files the
-      ``large_file_sha1`` file info); without either, the size only.
-    * S3 single-part (ETag without ``-``): MD5 of the bytes equals the ETag.
-    * S3 multipart (``<hex>-<n>``): the ETag is the MD5 of the parts' MD5s, which depends on
-      the uploader's part size. The part size the store reports for part 1
-      (``HeadObject(PartNumber=1)``), then common part sizes (and an even split) that give
-      exactly ``n`` parts are tried, assuming equal parts but the last (as the AWS CLI,
-      rclone, restic/minio-go and boto3 upload). A reproduced ETag counts as verified
-      (``multipart_etag``). When the store reported the part size and no candidate
-      reproduces the ETag, the check fails (``hash_mismatch``). When the store cannot
-      report it (no ``PartNumber`` support) and no common size fits, only the size is
-      verified (``size``): such a check cannot detect corruption, and says so in its
-      ``verified`` label.
-    * An ETag known not to be an MD5 (SSE-KMS / SSE-C) is checked by size only.
-
-    The size always has to match the size the service reports.
-    """
-    data = download.data
-    if download.expected_size is not None and len(data) != download.expected_size:
-        return False, "size", "hash_mismatch"
-    if download.sha1:
-        ok = hashlib.sha1(data, usedforsecurity=False).hexdigest() == download.sha1.lower()
-        return ok, "sha1", None if ok else "hash_mismatch"
-    etag = (download.etag or "").strip().strip('"').lower()
-    if etag and download.verify_etag:
-        if "-" not in etag:
-            ok = hashlib.md5(data, usedforsecurity=False).hexdigest() == etag
-            return ok, "md5", None if ok else "hash_mismatch"
-        _, _, count = etag.rpartition("-")
-        if count.isdigit() and int(count) > 0:
-            parts = int(count)
-            reported = download.part_size
-            if reported is not None and not 0 < reported <= len(data):
-                reported = None  # nonsense from the store: ignore it
-            first = (reported,) if reported is not None else ()
-            for part_size in (*first, *_multipart_candidates(len(data), parts)):
-                if multipart_etag(data, part_size) == etag:
-                    return True, "multipart_etag", None
-            if reported is not None:
-                return False, "multipart_etag", "hash_mismatch"
-    if download.expected_size is None:
-        return True, "none", None  # downloadable, but nothing recorded to compare with
-    return True, "size", None
-
-
 # --------------------------------------------------------------------------- blocking calls
 
 
@@ -504,14 +229,7 @@ class _BucketMemory:
 
 
 class BucketSource(Source[C, BucketsSnapshot]):
-    """The bucket poll loop shared by ``b2`` and ``s3``; kinds supply the blocking calls.
-
-    Sample exposition::
-
-        # HELP backup_bucket_size_bytes Total size of the latest visible objects under the prefix.
-        # TYPE backup_bucket_size_bytes gauge
-        backup_bucket_size_bytes{bucket="homelab",prefix="immich/",source="b2"} 2.1e+11
-    """
+    """The bucket poll loop shared by ``b2`` and ``s3``; kinds supply the blocking calls."""
 
     def __init__(self, config: C, *, rng: random.Random | None = None) -> None:
         super().__init__(config)
@@ -727,118 +445,3 @@ def bucket_evidence(snapshot: BucketsSnapshot, selector: Mapping[str, str]) -> E
         if stats.prefix == prefix:
             return Evidence(last_success=stats.newest, tracks_start=False)
     return None
-
-
-def billed_bytes(state: BucketState) -> int:
-    """Bytes of the bucket's listed prefixes, counting nested configured prefixes once."""
-    prefixes = [p.prefix for p in state.prefixes]
-    total = 0
-    for stats in state.prefixes:
-        covered = any(o != stats.prefix and stats.prefix.startswith(o) for o in prefixes)
-        if not covered:
-            total += stats.size_bytes
-    return total
-
-
-_PREFIX_GAUGES = (
-    ("objects", "backup_bucket_objects", "Latest visible objects under the prefix."),
-    (
-        "size",
-        "backup_bucket_size_bytes",
-        "Total size of the latest visible objects under the prefix.",
-    ),
-    (
-        "newest",
-        "backup_bucket_newest_object_timestamp_seconds",
-        "Upload time of the newest object under the prefix.",
-    ),
-    (
-        "oldest",
-        "backup_bucket_oldest_object_timestamp_seconds",
-        "Upload time of the oldest object under the prefix.",
-    ),
-    (
-        "listed",
-        "backup_bucket_last_listing_timestamp_seconds",
-        "When the prefix was last listed completely.",
-    ),
-)
-
-COST_HELP = (
-    "Estimated monthly storage cost: listed bytes / 10^12 times price_per_tb_month "
-    "(defaults: B2 $6/TB-month, pay-as-you-go since 2023-10-03; Storj $4/TB-month legacy, "
-    "tiers $6/$10/$15 since 2025-11-01; other S3: unset, no series)."
-)
-
-
-def render_buckets(source: str, snapshot: BucketsSnapshot) -> Iterator[Metric]:
-    """Build every bucket family fresh from ``snapshot``."""
-    labels = ["source", "bucket", "prefix"]
-    fams = {key: GaugeMetricFamily(name, doc, labels=labels) for key, name, doc in _PREFIX_GAUGES}
-    blabels = ["source", "bucket"]
-    cost = GaugeMetricFamily(
-        "backup_bucket_estimated_monthly_cost_dollars", COST_HELP, labels=blabels
-    )
-    price = GaugeMetricFamily(
-        "backup_bucket_storage_price_dollars",
-        "Storage price per TB-month (10^12 bytes) used for the cost estimate "
-        "(config price_per_tb_month).",
-        labels=blabels,
-    )
-    r_success = GaugeMetricFamily(
-        "backup_restore_check_success",
-        "1 if the last restore check verified the sample object.",
-        labels=blabels,
-    )
-    r_last_success = GaugeMetricFamily(
-        "backup_restore_check_last_success_timestamp_seconds",
-        "When a restore check last verified a sample object.",
-        labels=blabels,
-    )
-    r_last_run = GaugeMetricFamily(
-        "backup_restore_check_last_run_timestamp_seconds",
-        "When the last restore check ran.",
-        labels=blabels,
-    )
-    r_duration = GaugeMetricFamily(
-        "backup_restore_check_duration_seconds",
-        "How long the last restore check took (download and verification).",
-        labels=blabels,
-    )
-    r_bytes = GaugeMetricFamily(
-        "backup_restore_check_bytes",
-        "Bytes downloaded by the last restore check.",
-        labels=blabels,
-    )
-    r_info = GaugeMetricFamily(
-        "backup_restore_check_info",
-        "Outcome of the last restore check: result ok or the failure reason "
-        "(hash_mismatch, missing, too_large, download_error, no_candidate), and what was "
-        "verified (sha1, md5, multipart_etag, size, none).",
-        labels=[*blabels, "result", "verified"],
-    )
-    for state in snapshot.buckets:
-        bvalues = [source, state.name]
-        for stats in state.prefixes:
-            values = [source, state.name, stats.prefix]
-            fams["objects"].add_metric(values, stats.objects)
-            fams["size"].add_metric(values, stats.size_bytes)
-            if stats.newest is not None:
-                fams["newest"].add_metric(values, stats.newest)
-            if stats.oldest is not None:
-                fams["oldest"].add_metric(values, stats.oldest)
-            fams["listed"].add_metric(values, stats.listed_at)
-        if state.price_per_tb_month > 0:
-            price.add_metric(bvalues, state.price_per_tb_month)
-            cost.add_metric(bvalues, billed_bytes(state) / TB * state.price_per_tb_month)
-        r = state.restore
-        if r is not None:
-            r_success.add_metric(bvalues, float(r.success))
-            r_last_run.add_metric(bvalues, r.checked_at)
-            r_duration.add_metric(bvalues, r.duration)
-            r_bytes.add_metric(bvalues, r.bytes)
-            r_info.add_metric([*bvalues, r.result, r.verified], 1)
-        if state.restore_last_success is not None:
-            r_last_success.add_metric(bvalues, state.restore_last_success)
-    yield from fams.values()
-    yield from (cost, price, r_success, r_last_success, r_last_run, r_duration, r_bytes, r_info)

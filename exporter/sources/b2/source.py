@@ -22,7 +22,7 @@ costs at most ``retries + 1`` attempts per page.
 Pricing default: **$6 per TB-month** (Backblaze pay-as-you-go, since the 2023-10-03 price
 change; api-shapes §5). Class C calls: 2,500 a day free, then $0.004 per 1,000.
 
-Sample exposition (see :mod:`exporter.buckets.engine` for every family)::
+Sample exposition (see :mod:`exporter.buckets.render` for every family)::
 
     # HELP backup_bucket_objects Latest visible objects under the prefix.
     # TYPE backup_bucket_objects gauge
@@ -64,18 +64,15 @@ from b2sdk.v3.exception import (
 
 from exporter.buckets.engine import (
     BlockingCall,
-    BoundedSink,
     BucketConfig,
     BucketSource,
     BucketSourceConfig,
-    Download,
-    PrefixAggregate,
-    ReservoirSampler,
-    SampleObject,
-    TooLargeError,
     parse_buckets,
     parse_retries,
 )
+from exporter.buckets.listing import PrefixAggregate, ReservoirSampler
+from exporter.buckets.model import Download, SampleObject
+from exporter.buckets.restore import BoundedSink, TooLargeError
 from exporter.core.config import KindSpec, Secret, Section, SourceConfigBase
 from exporter.sources.base import FetchError, Reason
 

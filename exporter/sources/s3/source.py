@@ -29,7 +29,7 @@ Pricing default (``price_per_tb_month``), chosen from the endpoint host:
 * ``*backblazeb2.com``: **$6/TB-month** (B2 pay-as-you-go since 2023-10-03).
 * anything else: 0 = unknown, and no cost series is exported.
 
-Sample exposition (see :mod:`exporter.buckets.engine` for every family)::
+Sample exposition (see :mod:`exporter.buckets.render` for every family)::
 
     # HELP backup_bucket_objects Latest visible objects under the prefix.
     # TYPE backup_bucket_objects gauge
@@ -63,18 +63,15 @@ from botocore.parsers import ResponseParserError
 
 from exporter.buckets.engine import (
     BlockingCall,
-    BoundedSink,
     BucketConfig,
     BucketSource,
     BucketSourceConfig,
-    Download,
-    PrefixAggregate,
-    ReservoirSampler,
-    SampleObject,
-    TooLargeError,
     parse_buckets,
     parse_retries,
 )
+from exporter.buckets.listing import PrefixAggregate, ReservoirSampler
+from exporter.buckets.model import Download, SampleObject
+from exporter.buckets.restore import BoundedSink, TooLargeError
 from exporter.core.config import KindSpec, Secret, Section, SourceConfigBase
 from exporter.sources.base import FetchError, Reason
 

@@ -38,13 +38,10 @@ from exporter.core.command import run_command
 from exporter.core.config import KindSpec, Section, SourceConfig, SourceConfigBase
 from exporter.schedule.jobs import Evidence
 from exporter.sources.base import FetchContext, FetchError, Reason, Source
-from exporter.storage.model import (
-    SELFTEST_KINDS,
-    SmartDevice,
-    parse_smartctl_json,
-    render_smart,
-    selftest_evidence,
-)
+from exporter.storage.evidence import selftest_evidence
+from exporter.storage.models import SELFTEST_KINDS, SmartDevice
+from exporter.storage.render import render_smart
+from exporter.storage.smartctl import parse_smartctl_json
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +142,7 @@ def _load(text: str) -> dict[str, object] | None:
 
 
 class SmartctlSource(Source[SmartctlConfig, SmartSnapshot]):
-    """Reads each disk with ``smartctl --json``; renders with :func:`exporter.storage.render_smart`.
+    """Reads each disk with ``smartctl --json``; renders with :mod:`exporter.storage.render`.
 
     Sample exposition::
 

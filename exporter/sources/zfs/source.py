@@ -35,21 +35,18 @@ from exporter.core.command import run_command
 from exporter.core.config import KindSpec, Section, SourceConfig, SourceConfigBase
 from exporter.schedule.jobs import Evidence
 from exporter.sources.base import FetchContext, FetchError, Source
-from exporter.storage.model import (
+from exporter.storage.config import parse_dataset_filter
+from exporter.storage.evidence import storage_evidence
+from exporter.storage.models import DatasetFilter, DatasetInfo, PoolInfo
+from exporter.storage.render import render_datasets, render_pools
+from exporter.storage.zfs import (
     ZFS_LIST_COLUMNS,
-    DatasetFilter,
-    DatasetInfo,
-    PoolInfo,
     StorageParseError,
-    parse_dataset_filter,
     parse_zfs_list_json,
     parse_zfs_list_text,
     parse_zfs_version,
     parse_zpool_status_json,
     parse_zpool_status_text,
-    render_datasets,
-    render_pools,
-    storage_evidence,
 )
 
 KIND = "zfs"
@@ -110,7 +107,7 @@ def parse(sec: Section, base: SourceConfigBase) -> ZfsConfig:
 
 
 class ZfsSource(Source[ZfsConfig, ZfsSnapshot]):
-    """Reads ``zfs list`` and ``zpool status``; renders with :mod:`exporter.storage.model`.
+    """Reads ``zfs list`` and ``zpool status``; renders with :mod:`exporter.storage.render`.
 
     Sample exposition::
 

@@ -1,0 +1,96 @@
+"""The snapshot of one TrueNAS poll and the task/scrub records it holds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from exporter.schedule.jobs import Evidence
+from exporter.storage.models import DatasetInfo, PoolInfo, SmartDevice
+
+_FINISHED_JOB_STATES = frozenset({"SUCCESS", "FAILED", "ABORTED"})
+
+
+@dataclass(frozen=True)
+class ApiProfile:
+    """Which methods this TrueNAS release offers."""
+
+    version: str
+    release: tuple[int, int]
+    snapshot_method: str
+    smart_method: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CloudSyncTask:
+    """One cloud-sync task and what is known of its runs (Unix seconds)."""
+
+    id: int
+    task: str  # the label: the description, or id-<n> when it is empty
+    enabled: bool
+    schedule: str  # five cron fields, TrueNAS dow 1=Mon..7=Sun (cron accepts 7 = Sunday)
+    provider: str
+    bucket: str
+    direction: str
+    transfer_mode: str
+    encrypted: bool
+    state: str = ""  # the last job's state; "" = never ran
+    last_start: float | None = None
+    last_end: float | None = None
+    last_success: float | None = None  # newest success seen, across polls
+    last_failure: float | None = None  # newest failure/abort seen, across polls
+
+    def evidence(self) -> Evidence:
+        """Return the job evidence of this task."""
+        duration = None
+        if self.state in _FINISHED_JOB_STATES and self.last_start and self.last_end:
+            duration = max(self.last_end - self.last_start, 0.0)
+        return Evidence(
+            last_success=self.last_success,
+            last_start=self.last_start,
+            last_duration=duration,
+            failed=self.state in ("FAILED", "ABORTED"),
+            running=self.state == "RUNNING",
+            tracks_start=True,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScrubTask:
+    """One pool scrub task: a cron check plus a threshold in days."""
+
+    id: int
+    pool: str
+    threshold_days: int
+    schedule: str
+    enabled: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoolScrub:
+    """A pool's last *completed* scrub (remembered across polls) and the last scrub's fate."""
+
+    pool: str
+    completed_start: float | None = None
+    completed_end: float | None = None
+    canceled: bool = False  # the last scrub was canceled
+    created: float | None = None  # the pool's creation (counts as a scrub for the threshold)
+
+    @property
+    def threshold_anchor(self) -> float | None:
+        """What TrueNAS measures the threshold from: the last scrub, else the creation."""
+        return self.completed_start if self.completed_start is not None else self.created
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrueNASSnapshot:
+    """One poll of a TrueNAS system."""
+
+    version: str
+    fetched_at: float
+    timezone: str
+    datasets: tuple[DatasetInfo, ...] = ()
+    pools: tuple[PoolInfo, ...] = ()
+    scrubs: tuple[PoolScrub, ...] = ()
+    smart: tuple[SmartDevice, ...] | None = None  # None: this release has no SMART API
+    cloudsync: tuple[CloudSyncTask, ...] = ()
+    scrub_tasks: tuple[ScrubTask, ...] = ()
