@@ -44,7 +44,7 @@ class Backtest:
 
 
 def _evidence_at(runs: Sequence[Run], t: float) -> Evidence:
-    """The evidence a live poll at ``t`` would have shown: the runs finished (or started) by then."""
+    """Return what a live poll at ``t`` would have shown (``runs`` sorted by their end)."""
     last_success: float | None = None
     last_start: float | None = None
     duration: float | None = None
@@ -55,15 +55,11 @@ def _evidence_at(runs: Sequence[Run], t: float) -> Evidence:
             continue
         if run.started is not None and (last_start is None or run.started >= last_start):
             last_start = run.started
-        if run.result == "ok" and run.finished is not None:
-            if last_success is None or run.finished >= last_success:
-                last_success = run.finished
-                duration = None if run.started is None else run.finished - run.started
-        failed_at = run.started if run.started is not None else end
-        if run.result != "ok":
-            failed = last_success is None or failed_at > last_success
-        elif last_success is not None:
-            failed = False
+        ok = run.result == "ok" and run.finished is not None
+        if ok:
+            last_success = run.finished
+            duration = None if run.started is None else end - run.started
+        failed = not ok  # the run that ended last decides
     return Evidence(
         last_success=last_success,
         last_start=last_start,
@@ -84,7 +80,7 @@ def _starts(spec: JobSpec, start: float, end: float) -> Iterator[float]:
 
 def backtest(spec: JobSpec, runs: Iterable[Run], *, start: float, end: float) -> Backtest:
     """Replay ``runs`` of ``spec`` over ``[start, end]`` (Unix seconds)."""
-    history = sorted(runs, key=lambda r: (r.finished or r.started or 0.0))
+    history = sorted(runs, key=lambda r: r.finished or r.started or 0.0)
     starts = list(_starts(spec, start, end))
     instants = {start}
     for s in starts:
@@ -137,7 +133,7 @@ def backtest(spec: JobSpec, runs: Iterable[Run], *, start: float, end: float) ->
 
 
 def _missed_deadline(spec: JobSpec, at: float) -> float:
-    """The finish deadline of the latest run due at ``at`` (what the alert is about)."""
+    """Return the finish deadline of the latest run due at ``at`` (what the alert is about)."""
     due = spec.schedule.latest_at_or_before(
         datetime.fromtimestamp(at - spec.grace, UTC) - timedelta(microseconds=1)
     )
