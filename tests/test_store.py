@@ -152,6 +152,9 @@ def test_memory_is_per_source(tmp_path: Path) -> None:
     store.remember("other", {"scrub:tank": "x"})
     assert store.memory("nas") == {"scrub:tank": [3.0, 4.0], "cloud:3": None}
     assert store.memory("absent") == {}
+    store.replace_memory("nas", {"scrub:tank": [5.0, 6.0]})
+    assert store.memory("nas") == {"scrub:tank": [5.0, 6.0]}
+    assert store.memory("other") == {"scrub:tank": "x"}
 
 
 _WRITER = textwrap.dedent(

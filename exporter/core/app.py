@@ -39,11 +39,13 @@ def build_pollers(
 ) -> list[Poller]:
     """Create one poller per configured source (last successes from the loaded state)."""
     results = keeper.results if keeper is not None else {}
+    memories = keeper.memories if keeper is not None else {}
     return [
         Poller(
             build_source(cfg),
             clock=clock,
             last_success=results[cfg.name].taken_at if cfg.name in results else None,
+            memory=memories.setdefault(cfg.name, {}) if keeper is not None else None,
         )
         for cfg in config.sources.values()
     ]

@@ -222,6 +222,7 @@ class SnapshotCollector:
             discovered=discovered,
             config_evidence=config,
             statuses=statuses,
+            memory=poller.memory,
         )
 
     def _health(self) -> Iterator[Metric]:

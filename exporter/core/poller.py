@@ -53,12 +53,15 @@ class Poller:
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
         last_success: float | None = None,
+        memory: dict[str, Any] | None = None,
     ) -> None:
         self.source = source
         self.clock = clock
         # ``last_success`` comes from the state store after a restart: the source is not up
         # (reason ``starting``) until its first poll, but its data is only as old as that.
         self.state = PollState(last_success=last_success)
+        # The kind's durable memory (see FetchContext.memory), the same dict on every poll.
+        self.memory: dict[str, Any] = {} if memory is None else memory
         # Called after every successful poll (the state keeper persists the result).
         self.on_success: Callable[[Poller], None] | None = None
         self.requests: collections.Counter[str] = collections.Counter()
@@ -87,7 +90,7 @@ class Poller:
 
     async def _poll(self) -> None:
         cfg = self.source.config
-        ctx = FetchContext(clock=self.clock, executor=self._executor)
+        ctx = FetchContext(clock=self.clock, executor=self._executor, memory=self.memory)
         started = self.clock.monotonic()
         previous = self.state
         error: FetchError | None = None

@@ -24,6 +24,7 @@ Sample exposition::
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -244,16 +245,14 @@ class StateKeeper:
             "config": {name: asdict(ev) for name, ev in evidence.items()},
         }
         runs = [run for st in statuses for run in runs_of(st)]
-        mem = dict(memory or {})
-        if mem:
-            self.memories.setdefault(source, {}).update(mem)
+        # A snapshot of the kind's memory as it is now (the poller's dict keeps changing).
+        mem = json.loads(json.dumps(dict(memory or {})))
 
         def write(store: StateStore) -> None:
             store.save_result(source, taken_at, fams, payload)
             if runs:
                 store.add_runs(runs, taken_at)
-            if mem:
-                store.remember(source, mem)
+            store.replace_memory(source, mem)
 
         self.submit(write)
 

@@ -305,6 +305,23 @@ class StateStore:
             [(source, key, json.dumps(value)) for key, value in values.items()],
         )
 
+    def replace_memory(self, source: str, values: Mapping[str, Any]) -> None:
+        """Make ``values`` the whole memory of ``source`` (keys not in it are dropped)."""
+        rows = [(source, key, json.dumps(value)) for key, value in values.items()]
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM memory WHERE source = ?", (source,))
+                self._db.executemany(
+                    "INSERT INTO memory (source, key, value) VALUES (?, ?, ?)", rows
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise _classify(exc, self.path) from exc
+
     def memory(self, source: str) -> dict[str, Any]:
         """Return everything remembered for ``source``."""
         rows = self._read("SELECT key, value FROM memory WHERE source = ?", (source,))

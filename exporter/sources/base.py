@@ -15,7 +15,7 @@ import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, ClassVar, Generic, Literal, ParamSpec, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, ParamSpec, TypeVar, get_args
 
 from prometheus_client.core import Metric
 
@@ -60,12 +60,26 @@ class FetchError(Exception):
 
 
 class FetchContext:
-    """Per-source helpers for ``fetch()``: the clock, the request counter and a worker thread."""
+    """Per-source helpers for ``fetch()``: clock, request counter, worker thread and memory.
 
-    def __init__(self, *, clock: Clock, executor: ThreadPoolExecutor | None = None) -> None:
+    ``memory`` is the source's small durable key-value memory (JSON-serializable values):
+    the same mapping on every poll, loaded from the state store at start and saved after each
+    successful poll. A kind keeps in it what it learns across polls (a scrub seen before a
+    resilver hid it, when a SMART self-test was first seen, the last bucket listing) and never
+    deals with the store itself. Without a state database it lives only as long as the process.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        executor: ThreadPoolExecutor | None = None,
+        memory: dict[str, Any] | None = None,
+    ) -> None:
         self.clock = clock
         self.requests: collections.Counter[str] = collections.Counter()
         self._executor = executor
+        self.memory: dict[str, Any] = {} if memory is None else memory
 
     def count_request(self, api_class: str = "", n: int = 1) -> None:
         """Count ``n`` API calls; ``api_class`` is a billing class (B2: ``B``/``C``) or empty."""
