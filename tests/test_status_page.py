@@ -102,7 +102,7 @@ jobs:
     assert [c[0] for _, c in jobs] == ["db-dump", "ha-daily"], "overdue jobs come first"
     assert jobs[0][0] == "bad"
     assert jobs[0][1][2] == "overdue"
-    assert jobs[1][1][2] == "on time"
+    assert jobs[1][1][2] == "ok"
     assert jobs[1][1][3] == "2026-11-26 13:33 CET", "times are shown in the configured zone"
     shot = tmp_path / "status.png"
     result = await loop.run_in_executor(

@@ -132,6 +132,7 @@ body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}
 table{{border-collapse:collapse;margin-bottom:2em}}
 td,th{{border:1px solid #ccc;padding:.3em .7em;text-align:left}}
 .ok{{background:#e6f4ea}} .bad{{background:#fce8e6}} .warn{{background:#fef7e0}}
+.unknown{{background:#e8eaed}}
 </style></head><body>
 <h1>backup_exporter</h1>
 <p>Version {version}. Metrics: <a href="/metrics">/metrics</a>.
@@ -150,7 +151,7 @@ Health: <a href="/-/healthy">/-/healthy</a>, <a href="/-/ready">/-/ready</a>.</p
 def _source_row(p: Poller, zone: ZoneInfo) -> str:
     st = p.state
     if not st.polled:
-        cls, status, detail = "warn", "waiting", ""
+        cls, status, detail = "unknown", "starting", "not polled since the exporter started"
     elif st.up:
         cls, status, detail = "ok", "up", ""
     else:
@@ -160,17 +161,23 @@ def _source_row(p: Poller, zone: ZoneInfo) -> str:
     return f'<tr class="{cls}">' + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
 
 
+# Unknown is its own colour, never the green of success.
+_STATE_CLASS = {
+    "ok": "ok",
+    "running": "warn",
+    "late": "warn",
+    "overdue": "bad",
+    "failed": "bad",
+    "unknown": "unknown",
+}
+_STATE_ORDER = {"overdue": 0, "failed": 1, "unknown": 2, "late": 3, "running": 4, "ok": 5}
+
+
 def _job_row(st: JobStatus, zone: ZoneInfo) -> str:
     spec = st.spec
     name = spec.name + (f" (vmid {spec.labels['vmid']})" if spec.labels.get("vmid") else "")
-    if st.overdue:
-        cls, status = "bad", "overdue"
-    elif st.evidence.failed:
-        cls, status = "bad", "failed"
-    elif st.evidence.running:
-        cls, status = "warn", "running"
-    else:
-        cls, status = "ok", "on time"
+    cls = _STATE_CLASS[st.state]
+    status = st.state
     cells = (
         name,
         spec.source,
@@ -185,8 +192,8 @@ def _job_row(st: JobStatus, zone: ZoneInfo) -> str:
 async def _index(request: web.Request) -> web.Response:
     statuses = request.app[COLLECTOR].job_statuses()
     zone = request.app[ZONE]
-    # Overdue and failed jobs first: the page answers "what needs me now?".
-    statuses.sort(key=lambda s: (not s.overdue, not s.evidence.failed, s.spec.name))
+    # Overdue, failed and unknown jobs first: the page answers "what needs me now?".
+    statuses.sort(key=lambda s: (_STATE_ORDER[s.state], s.spec.name))
     body = _PAGE.format(
         version=html.escape(__version__),
         sources="\n".join(_source_row(p, zone) for p in request.app[POLLERS]),
