@@ -358,3 +358,40 @@ async def test_backtest_over_a_recorded_month_matches_the_live_evaluation(tmp_pa
     assert result.met_runs == 30 - len(missed) - len(late)
     longest = max(r.finished - r.started for r in runs[1:] if r.finished and r.started)  # type: ignore[operator]
     assert result.smallest_grace == pytest.approx(longest)
+
+
+# -------------------------------------------------------------------- offline windows
+
+
+async def test_a_failed_poll_inside_an_offline_window_is_offline_not_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from exporter.schedule.windows import OfflineWindow
+
+    clock = FakeClock(at(2026, 3, 28, 23, 0))  # the night before the spring-forward change
+    src = source()
+    src.down = True
+    window = OfflineWindow(parse_schedule("22:00", BERLIN), 10 * H)
+    poller = Poller(src, clock=clock, offline=[window])
+    collector = SnapshotCollector([poller], clock=clock)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    caplog.set_level("INFO")
+    await poller.poll_once()
+    assert poller.state.reason == "offline"
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    text = generate_latest(registry).decode()
+    assert 'backup_source_expected_offline{kind="jobs",source="pve1"} 1.0' in text
+    assert 'reason="offline"' in text
+    # The duration is real time: across the spring-forward night 22:00 + 10 h is 09:00 CEST.
+    clock.now = at(2026, 3, 29, 8, 59)
+    assert poller.expected_offline()
+    clock.now = at(2026, 3, 29, 9, 0)
+    assert not poller.expected_offline()
+    await poller.poll_once()
+    assert poller.state.reason == "connection"
+    assert [r for r in caplog.records if r.levelname == "WARNING"]
+    assert (
+        'backup_source_expected_offline{kind="jobs",source="pve1"} 0.0'
+        in generate_latest(registry).decode()
+    )

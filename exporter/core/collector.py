@@ -252,6 +252,11 @@ class SnapshotCollector:
             "Why the source is down (present only while it is).",
             labels=[*labels, "reason"],
         )
+        offline = GaugeMetricFamily(
+            "backup_source_expected_offline",
+            "1 inside the source's declared offline window, 0 outside (only with windows).",
+            labels=labels,
+        )
         requests = CounterMetricFamily(
             "backup_source_api_requests",
             "API calls made to the source (class: the provider's billing class, if any).",
@@ -267,7 +272,9 @@ class SnapshotCollector:
                 error.add_metric([*values, "starting"], 1)
             elif st.reason is not None:
                 error.add_metric([*values, st.reason], 1)
+            if poller.offline:
+                offline.add_metric(values, float(poller.expected_offline()))
             counts = poller.requests or {"": 0}
             for api_class, count in sorted(counts.items()):
                 requests.add_metric([*values, api_class], count)
-        yield from (up, last, duration, error, requests)
+        yield from (up, last, duration, error, offline, requests)

@@ -12,12 +12,13 @@ import asyncio
 import collections
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from exporter.core.clock import Clock
+from exporter.schedule.windows import OfflineWindow, expected_offline
 from exporter.sources.base import FetchContext, FetchError, Reason, Source
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class Poller:
         rng: random.Random | None = None,
         last_success: float | None = None,
         memory: dict[str, Any] | None = None,
+        offline: Sequence[OfflineWindow] = (),
     ) -> None:
         self.source = source
         self.clock = clock
@@ -62,6 +64,8 @@ class Poller:
         self.state = PollState(last_success=last_success)
         # The kind's durable memory (see FetchContext.memory), the same dict on every poll.
         self.memory: dict[str, Any] = {} if memory is None else memory
+        # When the backend is expected to be off: failed polls then are reason ``offline``.
+        self.offline = tuple(offline)
         # Called after every successful poll (the state keeper persists the result).
         self.on_success: Callable[[Poller], None] | None = None
         self.requests: collections.Counter[str] = collections.Counter()
@@ -107,6 +111,8 @@ class Poller:
         finally:
             self.requests.update(ctx.requests)
         duration = self.clock.monotonic() - started
+        if error is not None and self.expected_offline():
+            error = FetchError("offline", f"expected offline ({error.reason}: {error.message})")
         if error is None:
             self.state = PollState(
                 snapshot=snapshot,
@@ -132,7 +138,10 @@ class Poller:
                 error=error,
             )
             if previous.up or not previous.polled or previous.reason != error.reason:
-                log.warning(
+                # Inside an offline window a failed poll is expected: not a warning.
+                level = logging.INFO if error.reason == "offline" else logging.WARNING
+                log.log(
+                    level,
                     "source=%s kind=%s poll failed reason=%s: %s",
                     self.name,
                     self.source.kind,
@@ -140,6 +149,10 @@ class Poller:
                     error.message,
                 )
         self.polled.set()
+
+    def expected_offline(self) -> bool:
+        """Tell whether the source is inside one of its declared offline windows now."""
+        return expected_offline(self.offline, self.clock.time())
 
     def next_delay(self) -> float:
         """Seconds until the next poll: the interval plus up to ``jitter``."""
