@@ -358,6 +358,15 @@ async def test_backtest_over_a_recorded_month_matches_the_live_evaluation(tmp_pa
     assert result.met_runs == 30 - len(missed) - len(late)
     longest = max(r.finished - r.started for r in runs[1:] if r.finished and r.started)  # type: ignore[operator]
     assert result.smallest_grace == pytest.approx(longest)
+    # The command reads only the store and finds the job and its history by itself.
+    from exporter.core.backtest import run_backtest
+
+    results, text = run_backtest(
+        tmp_path / "state.db", start=start, end=end, job="backup-daily", zone=BERLIN
+    )
+    assert [r.incidents for r in results] == [result.incidents]
+    assert text.count("pve1/backup-daily/100") == 6  # five incidents and the summary line
+    assert "2026-10-05 03:00 CEST" in text  # the missed night of the 4th, in local time
 
 
 # -------------------------------------------------------------------- offline windows

@@ -125,6 +125,18 @@ class StoredResult:
     config_evidence: Mapping[str, Evidence]
 
 
+def judged_jobs(results: Iterable[SourceResult]) -> list[JobSpec]:
+    """Return every job the stored results say was judged, once each (for backtest)."""
+    specs: dict[str, JobSpec] = {}
+    for result in results:
+        payload = result.jobs if isinstance(result.jobs, dict) else {}
+        for raw in payload.get("judged", []):
+            decoded = decode_job(raw)
+            if decoded is not None:
+                specs[job_key(decoded[0])] = decoded[0]
+    return [specs[k] for k in sorted(specs)]
+
+
 def _stored(result: SourceResult) -> StoredResult:
     payload = result.jobs if isinstance(result.jobs, dict) else {}
     jobs = tuple(j for j in map(decode_job, payload.get("discovered", [])) if j is not None)
@@ -240,11 +252,14 @@ class StateKeeper:
         jobs = tuple(discovered)
         evidence = dict(config_evidence)
         self.results[source] = StoredResult(taken_at, fams, jobs, evidence)
+        judged = tuple(statuses)
         payload = {
             "discovered": [encode_job(s, e) for s, e in jobs],
             "config": {name: asdict(ev) for name, ev in evidence.items()},
+            # Every job this source's evidence feeds, config jobs included: what backtest replays.
+            "judged": [encode_job(st.spec, st.evidence) for st in judged],
         }
-        runs = [run for st in statuses for run in runs_of(st)]
+        runs = [run for st in judged for run in runs_of(st)]
         # A snapshot of the kind's memory as it is now (the poller's dict keeps changing).
         mem = json.loads(json.dumps(dict(memory or {})))
 

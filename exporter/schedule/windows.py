@@ -3,8 +3,9 @@
 A window is a schedule of its starts plus a duration: ``{schedule: "22:00", duration: 10h}`` is
 22:00 to 08:00 every day, in the source's (or the configuration's) time zone. The starts come from
 the schedule engine (DST-correct wall-clock times); the duration is real time, so across the
-spring-forward night that window ends at 09:00 local time. Inside a window a failed poll is reason ``offline``,
-not an error, and ``BackupSourceDown`` does not fire; jobs are judged as before.
+spring-forward night that window ends at 09:00 local time. Inside a window a failed poll is
+reason ``offline``, not an error, and ``BackupSourceDown`` does not fire; jobs are judged as
+before.
 """
 
 from __future__ import annotations
