@@ -211,18 +211,23 @@ async def _s3(tmp: Path) -> AsyncIterator[dict[str, Any]]:
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
+    # moto keeps its buckets per process, shared with test_s3's servers: a name of our own,
+    # removed again.
+    bucket, keys = "packaging-check", [f"restic/data-{i}" for i in range(3)]
     try:
-        port = server.get_host_and_port()[1]
-        client = seed_client(port)
-        client.create_bucket(Bucket="offsite")
-        for i in range(3):
-            client.put_object(Bucket="offsite", Key=f"restic/data-{i}", Body=b"x" * (100 + i))
+        client = seed_client(server.get_host_and_port()[1])
+        client.create_bucket(Bucket=bucket)
+        for i, key in enumerate(keys):
+            client.put_object(Bucket=bucket, Key=key, Body=b"x" * (100 + i))
         yield {
-            "endpoint": f"http://127.0.0.1:{port}",
+            "endpoint": f"http://127.0.0.1:{server.get_host_and_port()[1]}",
             "access_key_id": "seed",
             "secret_access_key_file": _secret(tmp, "s3.key", "seed"),
-            "buckets": {"offsite": {"prefixes": ["restic/"]}},
+            "buckets": {bucket: {"prefixes": ["restic/"]}},
         }
+        for key in keys:
+            client.delete_object(Bucket=bucket, Key=key)
+        client.delete_bucket(Bucket=bucket)
     finally:
         server.stop()
 
