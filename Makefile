@@ -2,7 +2,6 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBS   := prometheus prometheus-alertmanager chromium
 
@@ -10,13 +9,14 @@ DEBS   := prometheus prometheus-alertmanager chromium
 
 all: test
 
-$(STAMP): pyproject.toml
+# One venv; .installed-test has the [test] extra (which includes [demo]), .installed-demo [demo].
+$(VENV)/.installed-%: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[$*]'
 	touch $@
 
-venv: $(STAMP)
+venv: $(VENV)/.installed-test
 
 # The tests drive the real Debian binaries (promtool, prometheus, alertmanager, amtool, chromium).
 debs:
@@ -37,8 +37,8 @@ pytest: venv debs
 
 test: venv debs lint pytest
 
-demo: venv
-	$(BIN)/python -m exporter.sim.demo
+demo: $(VENV)/.installed-demo
+	$(BIN)/backup-exporter demo
 
 bench: venv
 	$(BIN)/python bench/bucket_memory.py

@@ -7,18 +7,16 @@ webhook inside this process, which prints each notification.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
 import signal
-from collections.abc import Sequence
+import sys
 from pathlib import Path
 
 from aiohttp import web
 
 from exporter.core.app import create_app
-from exporter.core.cli import setup_logging
 from exporter.core.clock import SystemClock
 from exporter.sim.homelab import start_homelab
 from exporter.sim.stack import (
@@ -116,18 +114,13 @@ async def run(workdir: Path, *, with_stack: bool) -> None:
         await lab.stop()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse flags and run the demo."""
-    parser = argparse.ArgumentParser(prog="python -m exporter.sim.demo")
-    parser.add_argument("--workdir", default="demo-data", help="where state and configs go")
-    parser.add_argument(
-        "--no-stack", action="store_true", help="do not start Prometheus/Alertmanager"
-    )
-    args = parser.parse_args(argv)
-    setup_logging("info", "logfmt")
-    asyncio.run(run(Path(args.workdir).resolve(), with_stack=not args.no_stack))
+def main(workdir: Path, *, with_stack: bool) -> int:
+    """Run until SIGINT/SIGTERM, state in ``workdir``: ``backup-exporter demo`` parses the flags."""
+    asyncio.run(run(workdir.resolve(), with_stack=with_stack))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from exporter.core.cli import main as cli_main
+
+    raise SystemExit(cli_main(["demo", *sys.argv[1:]]))
