@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporter.buckets.config import parse_buckets, parse_retries
 from exporter.buckets.engine import (
     BlockingCall,
     BucketConfig,
@@ -29,8 +30,6 @@ from exporter.buckets.engine import (
     SampleObject,
     billed_bytes,
     bucket_evidence,
-    parse_buckets,
-    parse_retries,
     render_buckets,
     verify,
 )

@@ -32,7 +32,6 @@ from datetime import datetime, tzinfo
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from exporter.core.config import Section
 from exporter.schedule.jobs import Evidence
 
 # --------------------------------------------------------------------------------------
@@ -159,26 +158,6 @@ class DatasetFilter:
         if self._include_re and not any(p.fullmatch(name) for p in self._include_re):
             return False
         return not any(p.fullmatch(name) for p in self._exclude_re)
-
-
-def _regexes(sec: Section, key: str) -> tuple[str, ...]:
-    patterns = sec.str_list(key)
-    for pattern in patterns:
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            sec.problem(key, f"invalid regular expression {pattern!r}: {exc}")
-            return ()
-    return patterns
-
-
-def parse_dataset_filter(sec: Section) -> DatasetFilter:
-    """Read the ``datasets:`` mapping (``include``/``exclude`` regex lists) of a source."""
-    datasets = sec.section("datasets")
-    include = _regexes(datasets, "include")
-    exclude = _regexes(datasets, "exclude")
-    datasets.finish()
-    return DatasetFilter(include, exclude)
 
 
 # --------------------------------------------------------------------------------------

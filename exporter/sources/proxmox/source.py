@@ -52,25 +52,26 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from itertools import islice
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 from prometheus_client.core import GaugeMetricFamily, Metric
 from proxmoxer import ProxmoxAPI
 from proxmoxer.core import ResourceException
 
-from exporter.core.config import KindSpec, Secret, Section, SourceConfig, SourceConfigBase
+from exporter.core.config import KindSpec
 from exporter.schedule.expressions import Schedule, ScheduleError, parse_schedule
 from exporter.schedule.jobs import Evidence, JobSpec
 from exporter.sources.base import FetchContext, FetchError, Source
+from exporter.sources.proxmox.config import (
+    DEFAULT_GRACE,
+    ProxmoxConfig,
+    parse,
+)
 from exporter.vzdump import parse_volid
 
 log = logging.getLogger(__name__)
 
 KIND = "proxmox"
-DEFAULT_GRACE = 6 * 3600.0
-DEFAULT_START_GRACE = 3600.0
-DEFAULT_TASKS_LIMIT = 200
 # vzdump's own default target when a job names no storage.
 DEFAULT_JOB_STORAGE = "local"
 KEEP_KEYS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
@@ -78,97 +79,9 @@ KEEP_KEYS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 # is taken as that run.
 TASK_SLACK = 300.0
 
-_TOKEN_ID_RE = re.compile(
-    r"(?P<user>[^\s:/@!]+@[A-Za-z][A-Za-z0-9._-]*)!(?P<name>[A-Za-z][A-Za-z0-9._-]*)"
-)
 # Node names and storage ids go into URL paths; PVE's own formats are narrower than this.
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _VMID_LIST_SPLIT = re.compile(r"[,;\s]+")
-
-# --------------------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True, kw_only=True)
-class ProxmoxConfig(SourceConfig):
-    """Settings of one ``kind: proxmox`` source.
-
-    ``timezone`` is the nodes' local zone for schedules and vzdump file names; an empty string
-    means "the configuration's top-level ``timezone:``", which the config loader fills in
-    (``dataclasses.replace``); if it stays empty, UTC is used.
-    """
-
-    url: str
-    host: str
-    port: int
-    token_id: str
-    token_secret: Secret
-    verify: bool | str  # True, False or the path of a CA bundle
-    timezone: str = ""
-    tasks_limit: int = DEFAULT_TASKS_LIMIT
-    job_grace: float = DEFAULT_GRACE
-    job_start_grace: float = DEFAULT_START_GRACE
-
-    @property
-    def zone(self) -> str:
-        """The effective time zone name."""
-        return self.timezone or "UTC"
-
-
-def parse_url(url: str) -> tuple[str, int]:
-    """Return ``(host, port)`` of ``https://host[:port]``; raise ValueError otherwise."""
-    parts = urlsplit(url.strip())
-    if parts.scheme != "https":
-        raise ValueError(f"must be https://host[:port] (proxmoxer speaks HTTPS only), got {url!r}")
-    try:
-        port = parts.port or 8006
-    except ValueError:
-        raise ValueError(f"invalid port in {url!r}") from None
-    host = parts.hostname
-    if not host or parts.username or parts.password or parts.query or parts.fragment:
-        raise ValueError(f"must be https://host[:port], got {url!r}")
-    if parts.path not in ("", "/"):
-        raise ValueError(f"must be https://host[:port] without a path, got {url!r}")
-    return (f"[{host}]" if ":" in host else host), port
-
-
-def parse(sec: Section, base: SourceConfigBase) -> ProxmoxConfig:
-    """Read the keys of a ``kind: proxmox`` source."""
-    url = sec.str("url", required=True)
-    host, port = "", 8006
-    if url:
-        try:
-            host, port = parse_url(url)
-        except ValueError as exc:
-            sec.problem("url", str(exc))
-    token_id = sec.str("token_id", required=True)
-    if token_id and not _TOKEN_ID_RE.fullmatch(token_id):
-        sec.problem("token_id", f"must look like user@realm!tokenname, got {token_id!r}")
-    secret = sec.secret("token_secret") or Secret("")
-    verify = sec.tls().requests_verify
-    timezone = sec.timezone("timezone", "")
-    tasks_limit = sec.int("tasks_limit", DEFAULT_TASKS_LIMIT, minimum=1)
-    grace = sec.duration("job_grace", DEFAULT_GRACE)
-    start_grace = sec.duration("job_start_grace", DEFAULT_START_GRACE)
-    if start_grace > grace:
-        sec.problem("job_start_grace", "must not be longer than job_grace")
-    return ProxmoxConfig(
-        name=base.name,
-        kind=base.kind,
-        interval=base.interval,
-        timeout=base.timeout,
-        jitter=base.jitter,
-        url=url,
-        host=host,
-        port=port,
-        token_id=token_id,
-        token_secret=secret,
-        verify=verify,
-        timezone=timezone,
-        tasks_limit=tasks_limit,
-        job_grace=grace,
-        job_start_grace=start_grace,
-    )
-
 
 # ------------------------------------------------------------------------------- snapshot
 

@@ -32,16 +32,16 @@ from zoneinfo import ZoneInfo
 from prometheus_client.core import Metric
 
 from exporter.core.command import run_command
-from exporter.core.config import KindSpec, Section, SourceConfig, SourceConfigBase
+from exporter.core.config import KindSpec
 from exporter.schedule.jobs import Evidence
 from exporter.sources.base import FetchContext, FetchError, Source
+from exporter.sources.zfs.config import ZfsConfig, parse
 from exporter.storage.model import (
     ZFS_LIST_COLUMNS,
     DatasetFilter,
     DatasetInfo,
     PoolInfo,
     StorageParseError,
-    parse_dataset_filter,
     parse_zfs_list_json,
     parse_zfs_list_text,
     parse_zfs_version,
@@ -58,17 +58,6 @@ JSON_SINCE = (2, 3)
 _TYPES = "filesystem,volume,snapshot"
 
 
-@dataclass(frozen=True, kw_only=True)
-class ZfsConfig(SourceConfig):
-    """The ``kind: zfs`` keys."""
-
-    command_prefix: tuple[str, ...] = ()
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    json: str = "auto"  # auto | true | false
-    timezone: str = "UTC"
-
-
 @dataclass(frozen=True)
 class ZfsSnapshot:
     """One poll: the selected datasets and every pool."""
@@ -76,37 +65,6 @@ class ZfsSnapshot:
     datasets: tuple[DatasetInfo, ...]
     pools: tuple[PoolInfo, ...]
     json: bool
-
-
-def parse_json_mode(sec: Section) -> str:
-    """Read ``json:`` as ``auto``, ``true`` or ``false`` (YAML booleans or strings)."""
-    if not sec.has("json"):
-        return "auto"
-    raw = sec.data["json"]
-    if isinstance(raw, bool):
-        return "true" if raw else "false"
-    if isinstance(raw, str) and raw.lower() in ("auto", "true", "false"):
-        return raw.lower()
-    sec.problem("json", f"must be auto, true or false, got {raw!r}")
-    return "auto"
-
-
-def parse(sec: Section, base: SourceConfigBase) -> ZfsConfig:
-    """Read the ``kind: zfs`` keys."""
-    datasets = parse_dataset_filter(sec)
-    timezone = sec.timezone("timezone", "UTC")
-    return ZfsConfig(
-        name=base.name,
-        kind=base.kind,
-        interval=base.interval,
-        timeout=base.timeout,
-        jitter=base.jitter,
-        command_prefix=sec.str_list("command_prefix"),
-        include=datasets.include,
-        exclude=datasets.exclude,
-        json=parse_json_mode(sec),
-        timezone=timezone,
-    )
 
 
 class ZfsSource(Source[ZfsConfig, ZfsSnapshot]):
