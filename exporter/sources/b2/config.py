@@ -1,21 +1,40 @@
-"""The ``kind: b2`` configuration keys."""
+"""The ``kind: b2`` configuration keys and job evidence selector."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from typing import Any, Literal
 
-from exporter.buckets.config import BucketSourceConfig, parse_buckets, parse_retries
-from exporter.core.config import Secret, Section, SourceConfigBase
+from pydantic.dataclasses import dataclass
+
+from exporter.buckets.config import BucketSourceConfig
+from exporter.core.config import EvidenceSelector, KindSpec, Secret
+from exporter.core.fields import STRICT, Duration, NonNegative, Text
 
 DEFAULT_PRICE_PER_TB_MONTH = 6.0  # Backblaze pay-as-you-go since 2023-10-03
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, config=STRICT)
 class B2Config(BucketSourceConfig):
     """``key_id`` and ``application_key`` of an application key that may list and read."""
 
-    key_id: str
+    kind: Literal["b2"] = "b2"
+    interval: Duration = 3600.0
+    timeout: Duration = 300.0
+    key_id: Text
     application_key: Secret
+    #: The default price of the buckets (each bucket may set its own).
+    price_per_tb_month: NonNegative = DEFAULT_PRICE_PER_TB_MONTH
+
+    @classmethod
+    def bucket_price(cls, raw: Mapping[str, Any]) -> Any:
+        """Buckets cost the source's ``price_per_tb_month`` unless they set their own."""
+        return raw.get("price_per_tb_month", DEFAULT_PRICE_PER_TB_MONTH)
+
+    @classmethod
+    def prefix_problem(cls, prefix: str) -> str | None:
+        """B2 lists folders: a prefix is ``""`` or ends with ``/``."""
+        return _folder_prefix(prefix)
 
 
 def _folder_prefix(prefix: str) -> str | None:
@@ -27,22 +46,12 @@ def _folder_prefix(prefix: str) -> str | None:
     )
 
 
-def parse(sec: Section, base: SourceConfigBase) -> B2Config:
-    """Read the ``kind: b2`` keys."""
-    key_id = sec.str("key_id", required=True)
-    application_key = sec.secret("application_key") or Secret("")
-    price = sec.float("price_per_tb_month", DEFAULT_PRICE_PER_TB_MONTH)
-    if price < 0:
-        sec.problem("price_per_tb_month", "must be >= 0")
-        price = DEFAULT_PRICE_PER_TB_MONTH
-    return B2Config(
-        name=base.name,
-        kind=base.kind,
-        interval=base.interval,
-        timeout=base.timeout,
-        jitter=base.jitter,
-        key_id=key_id,
-        application_key=application_key,
-        retries=parse_retries(sec),
-        buckets=parse_buckets(sec, default_price=price, check_prefix=_folder_prefix),
-    )
+@dataclass(frozen=True, kw_only=True, config=STRICT)
+class B2Evidence(EvidenceSelector):
+    """``{source, bucket, prefix}``: the newest object under a prefix of a bucket."""
+
+    bucket: Text = ""
+    prefix: Text = ""
+
+
+SPEC = KindSpec(config=B2Config, evidence=B2Evidence, source="exporter.sources.b2.source:B2Source")

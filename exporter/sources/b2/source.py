@@ -72,13 +72,13 @@ from exporter.buckets.engine import (
     SampleObject,
     TooLargeError,
 )
-from exporter.core.config import KindSpec
-from exporter.sources.b2.config import B2Config, parse
+from exporter.sources.b2 import KIND
+from exporter.sources.b2.config import SPEC as SPEC  # noqa: PLC0414 - re-export
+from exporter.sources.b2.config import B2Config
 from exporter.sources.base import FetchError, Reason
 
 log = logging.getLogger(__name__)
 
-KIND = "b2"
 LIST_PAGE = 1000
 
 # Billing classes of the raw API methods (https://www.backblaze.com/b2/b2-transactions-price.html).
@@ -342,6 +342,3 @@ class B2Source(BucketSource[B2Config]):
             return Download(key=key, data=sink.getvalue(), expected_size=size, sha1=sha1)
         finally:
             downloaded.response.close()
-
-
-SPEC = KindSpec(parse=parse, build=B2Source, default_interval=3600.0, default_timeout=300.0)

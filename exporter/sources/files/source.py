@@ -28,13 +28,12 @@ from zoneinfo import ZoneInfo
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from exporter.core.config import KindSpec
 from exporter.schedule.jobs import Evidence
 from exporter.sources.base import FetchContext, FetchError, Source
-from exporter.sources.files.config import FilesConfig, parse
+from exporter.sources.files import KIND
+from exporter.sources.files.config import SPEC as SPEC  # noqa: PLC0414 - re-export
+from exporter.sources.files.config import FilesConfig
 from exporter.vzdump import parse_archive_name
-
-KIND = "files"
 
 
 @dataclass(frozen=True)
@@ -199,6 +198,3 @@ def _family(name: str, doc: str, labels: list[str], value: float) -> GaugeMetric
     fam = GaugeMetricFamily(name, doc, labels=["source"])
     fam.add_metric(labels, value)
     return fam
-
-
-SPEC = KindSpec(parse=parse, build=FilesSource, default_interval=300.0, default_timeout=60.0)

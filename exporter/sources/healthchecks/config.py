@@ -1,35 +1,20 @@
-"""The ``kind: healthchecks`` configuration keys."""
+"""The ``kind: healthchecks`` configuration keys and job evidence selector."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal
 
+from pydantic import field_validator
+from pydantic.dataclasses import dataclass
 from yarl import URL
 
-from exporter.core.config import Secret, Section, SourceConfig, SourceConfigBase
+from exporter.core.config import EvidenceSelector, KindSpec, Secret, SourceConfig, tls_problems
+from exporter.core.fields import STRICT, Bool, ConfigPath, Duration, Loc, StrList, Text, problem
 
 DEFAULT_URL = "https://healthchecks.io"
-
-
 #: Healthchecks' API keys (read-write and read-only) are 32 characters (``hc/api/decorators``).
 KEY_LENGTH = 32
-
-
-# ------------------------------------------------------------------------------ config
-
-
-@dataclass(frozen=True, kw_only=True)
-class HealthchecksConfig(SourceConfig):
-    """The ``kind: healthchecks`` keys."""
-
-    url: str = DEFAULT_URL
-    api_key: Secret = field(default_factory=lambda: Secret(""))
-    tags: tuple[str, ...] = ()
-    jobs: bool = True
-    pings: bool = False
-    verify_tls: bool = True
-    ca_file: Path | None = None
 
 
 def _base_url(text: str) -> URL:
@@ -42,37 +27,72 @@ def _base_url(text: str) -> URL:
     return url
 
 
-def parse(sec: Section, base: SourceConfigBase) -> HealthchecksConfig:
-    """Read the ``kind: healthchecks`` keys."""
-    url = sec.str("url", DEFAULT_URL)
-    try:
-        _base_url(url)
-    except ValueError as exc:
-        sec.problem("url", str(exc))
-    api_key = sec.secret("api_key") or Secret("")
-    if api_key.reveal() and len(api_key.reveal()) != KEY_LENGTH:
-        where = "api_key_file" if sec.has("api_key_file") else "api_key"
-        sec.problem(
-            where,
-            f"a Healthchecks API key has {KEY_LENGTH} characters, this one has "
-            f"{len(api_key.reveal())} (Settings → API Access; the read-only key is enough)",
-        )
-    tags = sec.str_list("tags")
-    for tag in tags:
-        if not tag or any(ch.isspace() for ch in tag):
-            sec.problem("tags", f"a tag is one word without spaces, got {tag!r}")
-    tls = sec.tls()
-    return HealthchecksConfig(
-        name=base.name,
-        kind=base.kind,
-        interval=base.interval,
-        timeout=base.timeout,
-        jitter=base.jitter,
-        url=url,
-        api_key=api_key,
-        tags=tags,
-        jobs=sec.bool("jobs", True),
-        pings=sec.bool("pings", False),
-        verify_tls=tls.verify,
-        ca_file=tls.ca_file,
-    )
+@dataclass(frozen=True, kw_only=True, config=STRICT)
+class HealthchecksConfig(SourceConfig):
+    """The ``kind: healthchecks`` keys."""
+
+    kind: Literal["healthchecks"] = "healthchecks"
+    interval: Duration = 300.0
+    timeout: Duration = 30.0
+    url: Text = DEFAULT_URL
+    api_key: Secret = Secret("")
+    tags: StrList = ()
+    jobs: Bool = True
+    pings: Bool = False
+    verify_tls: Bool = True
+    ca_file: ConfigPath | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        try:
+            _base_url(url)
+        except ValueError as exc:
+            raise problem(str(exc)) from None
+        return url
+
+    @field_validator("tags")
+    @classmethod
+    def _words(cls, tags: tuple[str, ...]) -> tuple[str, ...]:
+        for tag in tags:
+            if not tag or any(ch.isspace() for ch in tag):
+                raise problem(f"a tag is one word without spaces, got {tag!r}")
+        return tags
+
+    @classmethod
+    def prepare(
+        cls, raw: dict[str, Any], found: list[tuple[Loc, str]], context: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Read the API key and check its length."""
+        from_file = "api_key_file" in raw
+        raw = super().prepare(raw, found, context)
+        key = raw["api_key"].reveal()
+        if key and len(key) != KEY_LENGTH:
+            where = "api_key_file" if from_file else "api_key"
+            found.append(
+                (
+                    (where,),
+                    f"a Healthchecks API key has {KEY_LENGTH} characters, this one has "
+                    f"{len(key)} (Settings → API Access; the read-only key is enough)",
+                )
+            )
+        return raw
+
+    def problems(self, context: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+        """Run the common checks and check ``ca_file``."""
+        yield from super().problems(context)
+        yield from tls_problems(self.verify_tls, self.ca_file)
+
+
+@dataclass(frozen=True, kw_only=True, config=STRICT)
+class HealthchecksEvidence(EvidenceSelector):
+    """``{source, check}``: a check's label, slug or name."""
+
+    check: Text
+
+
+SPEC = KindSpec(
+    config=HealthchecksConfig,
+    evidence=HealthchecksEvidence,
+    source="exporter.sources.healthchecks.source:HealthchecksSource",
+)

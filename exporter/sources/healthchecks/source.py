@@ -73,22 +73,18 @@ import aiohttp
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 
 from exporter.core.config import (
-    KindSpec,
     TLSConfig,
 )
 from exporter.core.tls import ClientSSL
 from exporter.schedule.expressions import Schedule, ScheduleError, parse_schedule
 from exporter.schedule.jobs import Evidence, JobSpec
 from exporter.sources.base import FetchContext, FetchError, Source
-from exporter.sources.healthchecks.config import (
-    HealthchecksConfig,
-    _base_url,
-    parse,
-)
+from exporter.sources.healthchecks import KIND
+from exporter.sources.healthchecks.config import SPEC as SPEC  # noqa: PLC0414 - re-export
+from exporter.sources.healthchecks.config import HealthchecksConfig, _base_url
 
 log = logging.getLogger(__name__)
 
-KIND = "healthchecks"
 
 STATUSES = ("new", "up", "grace", "down", "paused")
 #: A check list is ~1.5 KB per check; this bounds what a misbehaving server can make us hold.
@@ -571,6 +567,3 @@ class HealthchecksSource(Source[HealthchecksConfig, HealthchecksSnapshot]):
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
-
-
-SPEC = KindSpec(parse=parse, build=HealthchecksSource, default_interval=300.0, default_timeout=30.0)

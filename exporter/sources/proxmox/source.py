@@ -58,20 +58,16 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from proxmoxer import ProxmoxAPI
 from proxmoxer.core import ResourceException
 
-from exporter.core.config import KindSpec
 from exporter.schedule.expressions import Schedule, ScheduleError, parse_schedule
 from exporter.schedule.jobs import Evidence, JobSpec
 from exporter.sources.base import FetchContext, FetchError, Source
-from exporter.sources.proxmox.config import (
-    DEFAULT_GRACE,
-    ProxmoxConfig,
-    parse,
-)
+from exporter.sources.proxmox import KIND
+from exporter.sources.proxmox.config import DEFAULT_GRACE, ProxmoxConfig
+from exporter.sources.proxmox.config import SPEC as SPEC  # noqa: PLC0414 - re-export
 from exporter.vzdump import parse_volid
 
 log = logging.getLogger(__name__)
 
-KIND = "proxmox"
 # vzdump's own default target when a job names no storage.
 DEFAULT_JOB_STORAGE = "local"
 KEEP_KEYS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
@@ -1194,8 +1190,6 @@ def _render_tasks(src: str, snap: ProxmoxSnapshot) -> Iterator[Metric]:
     yield ok
     yield bad
 
-
-SPEC = KindSpec(parse=parse, build=ProxmoxSource, default_interval=300.0, default_timeout=30.0)
 
 __all__ = [
     "KIND",

@@ -69,13 +69,13 @@ from exporter.buckets.engine import (
     SampleObject,
     TooLargeError,
 )
-from exporter.core.config import KindSpec
 from exporter.sources.base import FetchError, Reason
-from exporter.sources.s3.config import S3Config, parse
+from exporter.sources.s3 import KIND
+from exporter.sources.s3.config import SPEC as SPEC  # noqa: PLC0414 - re-export
+from exporter.sources.s3.config import S3Config
 
 log = logging.getLogger(__name__)
 
-KIND = "s3"
 LIST_PAGE = 1000
 _CHUNK = 1 << 20
 
@@ -315,6 +315,3 @@ def make_client(config: S3Config) -> Any:
             user_agent_extra="backup-exporter",
         ),
     )
-
-
-SPEC = KindSpec(parse=parse, build=S3Source, default_interval=3600.0, default_timeout=300.0)

@@ -35,15 +35,11 @@ from dataclasses import dataclass, replace
 from prometheus_client.core import Metric
 
 from exporter.core.command import run_command
-from exporter.core.config import KindSpec
 from exporter.schedule.jobs import Evidence
 from exporter.sources.base import FetchContext, FetchError, Reason, Source
-from exporter.sources.smartctl.config import (
-    _DEVICE_TYPE_CHARS,
-    DeviceSpec,
-    SmartctlConfig,
-    parse,
-)
+from exporter.sources.smartctl import KIND
+from exporter.sources.smartctl.config import _DEVICE_TYPE_CHARS, DeviceSpec, SmartctlConfig
+from exporter.sources.smartctl.config import SPEC as SPEC  # noqa: PLC0414 - re-export
 from exporter.storage.model import (
     SELFTEST_KINDS,
     SmartDevice,
@@ -53,8 +49,6 @@ from exporter.storage.model import (
 )
 
 log = logging.getLogger(__name__)
-
-KIND = "smartctl"
 
 
 @dataclass(frozen=True)
@@ -202,6 +196,3 @@ def _fetch_reason(dev: SmartDevice) -> Reason:
     if "permission denied" in text or "operation not permitted" in text:
         return "permission"
     return "config"
-
-
-SPEC = KindSpec(parse=parse, build=SmartctlSource, default_interval=1800.0, default_timeout=60.0)

@@ -61,7 +61,6 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from yarl import URL
 
 from exporter.core.config import (
-    KindSpec,
     TLSConfig,
     zone_or_none,
 )
@@ -70,6 +69,7 @@ from exporter.schedule.expressions import Schedule, ScheduleError, parse_schedul
 from exporter.schedule.jobs import Evidence, JobSpec
 from exporter.schedule.threshold import ThresholdSchedule
 from exporter.sources.base import FetchContext, FetchError, Source
+from exporter.sources.truenas import KIND
 from exporter.sources.truenas.client import (
     PLAIN_WS_REFUSAL,
     ApiClient,
@@ -78,7 +78,8 @@ from exporter.sources.truenas.client import (
     TrueNASRestClient,
     api_url,
 )
-from exporter.sources.truenas.config import TrueNASConfig, parse
+from exporter.sources.truenas.config import SPEC as SPEC  # noqa: PLC0414 - re-export
+from exporter.sources.truenas.config import TrueNASConfig
 from exporter.storage.model import (
     DatasetFilter,
     DatasetInfo,
@@ -93,7 +94,6 @@ from exporter.storage.model import (
 
 log = logging.getLogger(__name__)
 
-KIND = "truenas"
 
 #: Oldest and newest (exclusive) supported releases, as (major, minor).
 SUPPORTED_FROM = (24, 10)
@@ -846,6 +846,3 @@ class TrueNASSource(Source[TrueNASConfig, TrueNASSnapshot]):
             pools=snapshot.pools,
             devices=snapshot.smart or (),
         )
-
-
-SPEC = KindSpec(parse=parse, build=TrueNASSource, default_interval=600.0, default_timeout=60.0)

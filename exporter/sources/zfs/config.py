@@ -1,50 +1,64 @@
-"""The ``kind: zfs`` configuration keys."""
+"""The ``kind: zfs`` configuration keys and job evidence selector."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Literal
 
-from exporter.core.config import Section, SourceConfig, SourceConfigBase
-from exporter.storage.config import parse_dataset_filter
+from pydantic import BeforeValidator, WithJsonSchema
+from pydantic.dataclasses import dataclass
+from pydantic.json_schema import SkipJsonSchema
 
-
-@dataclass(frozen=True, kw_only=True)
-class ZfsConfig(SourceConfig):
-    """The ``kind: zfs`` keys."""
-
-    command_prefix: tuple[str, ...] = ()
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    json: str = "auto"  # auto | true | false
-    timezone: str = "UTC"
+from exporter.core.config import EvidenceSelector, KindSpec, SourceConfig
+from exporter.core.fields import STRICT, Duration, StrList, Text, Zone, problem
+from exporter.storage.config import DatasetsConfig
 
 
-def parse_json_mode(sec: Section) -> str:
+def _json_mode(raw: Any) -> str:
     """Read ``json:`` as ``auto``, ``true`` or ``false`` (YAML booleans or strings)."""
-    if not sec.has("json"):
-        return "auto"
-    raw = sec.data["json"]
     if isinstance(raw, bool):
         return "true" if raw else "false"
     if isinstance(raw, str) and raw.lower() in ("auto", "true", "false"):
         return raw.lower()
-    sec.problem("json", f"must be auto, true or false, got {raw!r}")
-    return "auto"
+    raise problem(f"must be auto, true or false, got {raw!r}")
 
 
-def parse(sec: Section, base: SourceConfigBase) -> ZfsConfig:
-    """Read the ``kind: zfs`` keys."""
-    datasets = parse_dataset_filter(sec)
-    timezone = sec.timezone("timezone", "UTC")
-    return ZfsConfig(
-        name=base.name,
-        kind=base.kind,
-        interval=base.interval,
-        timeout=base.timeout,
-        jitter=base.jitter,
-        command_prefix=sec.str_list("command_prefix"),
-        include=datasets.include,
-        exclude=datasets.exclude,
-        json=parse_json_mode(sec),
-        timezone=timezone,
-    )
+@dataclass(frozen=True, kw_only=True, config=STRICT)
+class ZfsConfig(SourceConfig):
+    """The ``kind: zfs`` keys; ``datasets:`` fills ``include``/``exclude``."""
+
+    derived: ClassVar[tuple[str, ...]] = ("include", "exclude")
+
+    kind: Literal["zfs"] = "zfs"
+    interval: Duration = 300.0
+    timeout: Duration = 30.0
+    command_prefix: StrList = ()
+    datasets: DatasetsConfig | None = None
+    include: SkipJsonSchema[tuple[str, ...]] = ()
+    exclude: SkipJsonSchema[tuple[str, ...]] = ()
+    json: Annotated[
+        str,
+        BeforeValidator(_json_mode),
+        WithJsonSchema({"enum": ["auto", True, False, "true", "false"]}),
+    ] = "auto"  # auto | true | false
+    timezone: Zone = "UTC"
+
+    def complete(self, raw: Mapping[str, Any], context: Mapping[str, Any]) -> None:
+        """Copy the patterns of ``datasets:``."""
+        super().complete(raw, context)
+        if self.datasets is not None:
+            self._set("include", self.datasets.include)
+            self._set("exclude", self.datasets.exclude)
+
+
+@dataclass(frozen=True, kw_only=True, config=STRICT)
+class ZfsEvidence(EvidenceSelector):
+    """``{source, pool}``: the last scrub; ``{source, dataset}``: the newest snapshot."""
+
+    pool: Text = ""
+    dataset: Text = ""
+
+
+SPEC = KindSpec(
+    config=ZfsConfig, evidence=ZfsEvidence, source="exporter.sources.zfs.source:ZfsSource"
+)

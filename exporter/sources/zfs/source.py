@@ -32,10 +32,11 @@ from zoneinfo import ZoneInfo
 from prometheus_client.core import Metric
 
 from exporter.core.command import run_command
-from exporter.core.config import KindSpec
 from exporter.schedule.jobs import Evidence
 from exporter.sources.base import FetchContext, FetchError, Source
-from exporter.sources.zfs.config import ZfsConfig, parse
+from exporter.sources.zfs import KIND
+from exporter.sources.zfs.config import SPEC as SPEC  # noqa: PLC0414 - re-export
+from exporter.sources.zfs.config import ZfsConfig
 from exporter.storage.model import (
     ZFS_LIST_COLUMNS,
     DatasetFilter,
@@ -52,7 +53,6 @@ from exporter.storage.model import (
     storage_evidence,
 )
 
-KIND = "zfs"
 #: OpenZFS release that added ``-j`` to ``zfs list`` and ``zpool status``.
 JSON_SINCE = (2, 3)
 _TYPES = "filesystem,volume,snapshot"
@@ -155,6 +155,3 @@ def _load_json(text: str, what: str) -> dict[str, object]:
     if not isinstance(doc, dict):
         raise FetchError("parse", f"{what} printed JSON that is not an object")
     return doc
-
-
-SPEC = KindSpec(parse=parse, build=ZfsSource, default_interval=300.0, default_timeout=30.0)
