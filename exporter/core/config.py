@@ -478,6 +478,8 @@ def config_schema(kinds: Mapping[str, KindSpec] | None = None) -> dict[str, Any]
         if entry is None:
             continue
         props = entry.setdefault("properties", {})
+        # ``kind`` has a default for code; in YAML it is what selects the model.
+        entry["required"] = ["kind", *entry.get("required", [])]
         for key in _secret_fields(spec.config):
             props[f"{key}_file"] = {
                 "type": "string",

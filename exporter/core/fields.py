@@ -322,7 +322,12 @@ Duration = Annotated[float, BeforeValidator(_duration), WithJsonSchema(_DURATION
 DurationOrZero = Annotated[
     float,
     BeforeValidator(lambda v: 0.0 if v == 0 and not isinstance(v, bool) else _duration(v)),
-    WithJsonSchema(_DURATION_SCHEMA),
+    WithJsonSchema(
+        {
+            "anyOf": [_DURATION_SCHEMA["anyOf"][0], {"type": "number", "minimum": 0}],
+            "description": _DURATION_SCHEMA["description"],
+        }
+    ),
 ]
 #: Bytes, written as ``16MiB``/``1GB`` or a number.
 Size = Annotated[
