@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping
 from typing import Annotated, Any
 
@@ -132,11 +133,16 @@ class BucketConfig(ConfigSection):
                 yield "prefixes", f"prefix {prefix!r} must not start with '/'"
 
 
+@functools.cache
+def _bucket_adapter() -> TypeAdapter[BucketConfig]:
+    return TypeAdapter(BucketConfig)
+
+
 def _buckets(value: Any, info: ValidationInfo) -> Any:
     """Validate the ``buckets:`` map (prepared into a list) bucket by bucket, keyed by name."""
     if not isinstance(value, list):
         return value
-    adapter = TypeAdapter(BucketConfig)
+    adapter = _bucket_adapter()
     out: list[BucketConfig] = []
     found: list[tuple[Loc, str]] = []
     for entry in value:

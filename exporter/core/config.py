@@ -320,6 +320,16 @@ def _where(loc: Loc) -> str:
     return out
 
 
+_ADAPTERS: dict[str, TypeAdapter[EvidenceSelector]] = {}
+
+
+def _adapter(model: type[EvidenceSelector]) -> TypeAdapter[EvidenceSelector]:
+    key = f"{model.__module__}.{model.__qualname__}"
+    if key not in _ADAPTERS:
+        _ADAPTERS[key] = TypeAdapter(model)
+    return _ADAPTERS[key]
+
+
 def _check_evidence(
     job: str,
     raw: Any,
@@ -353,7 +363,7 @@ def _check_evidence(
     kind = source_kinds[source]
     spec = kinds[kind]
     try:
-        TypeAdapter(spec.evidence).validate_python(evidence, context=dict(context))
+        _adapter(spec.evidence).validate_python(evidence, context=dict(context))
     except ValidationError as exc:
         accepted = ", ".join(spec.evidence_keys)
         for error in exc.errors(include_url=False):
