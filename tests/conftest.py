@@ -6,19 +6,25 @@ import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from prometheus_client.core import GaugeMetricFamily, Metric
+from pydantic.dataclasses import dataclass as config_dataclass
 
-from exporter.core.config import KindSpec, Section, SourceConfig, SourceConfigBase
+from exporter.core.config import KindSpec, SourceConfig
+from exporter.core.fields import STRICT, Duration, Number
 from exporter.sources.base import FetchContext, FetchError, Source
 
 SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
 
-@dataclass(frozen=True, kw_only=True)
+@config_dataclass(frozen=True, kw_only=True, config=STRICT)
 class MemoryConfig(SourceConfig):
-    value: float
+    kind: Literal["memory"] = "memory"
+    interval: Duration = 60.0
+    timeout: Duration = 5.0
+    value: Number = 1.0
 
 
 @dataclass(frozen=True)
@@ -70,20 +76,7 @@ class MemorySource(Source[MemoryConfig, MemorySnapshot]):
         yield fam
 
 
-def _parse_memory(sec: Section, base: SourceConfigBase) -> MemoryConfig:
-    return MemoryConfig(
-        name=base.name,
-        kind=base.kind,
-        interval=base.interval,
-        timeout=base.timeout,
-        jitter=base.jitter,
-        value=sec.float("value", 1.0),
-    )
-
-
-MEMORY_SPEC = KindSpec(
-    parse=_parse_memory, build=MemorySource, default_interval=60.0, default_timeout=5.0
-)
+MEMORY_SPEC = KindSpec(config=MemoryConfig, factory=MemorySource)
 
 
 def memory_source(

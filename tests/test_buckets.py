@@ -7,7 +7,9 @@ import random
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
@@ -21,8 +23,6 @@ from exporter.buckets.engine import (
     BucketSourceConfig,
     RestoreCheckConfig,
     bucket_evidence,
-    parse_buckets,
-    parse_retries,
 )
 from exporter.buckets.listing import PrefixAggregate, ReservoirSampler, billed_bytes
 from exporter.buckets.model import (
@@ -35,7 +35,7 @@ from exporter.buckets.model import (
 from exporter.buckets.render import render_buckets
 from exporter.buckets.restore import verify
 from exporter.core.clock import FakeClock
-from exporter.core.config import Problems, Section
+from exporter.core.config import ConfigError, parse_config
 from exporter.core.poller import Poller
 from exporter.sources.base import FetchError
 
@@ -164,17 +164,29 @@ def test_verify_multipart_with_an_unknown_part_size_falls_back_to_size() -> None
 # ------------------------------------------------------------------------------ config
 
 
-def section(data: dict[str, object]) -> tuple[Section, Problems]:
-    problems = Problems()
-    return Section(data, "sources.x", problems, Path("/etc/backup-exporter")), problems
+def parse_source(data: dict[str, object]) -> tuple[Any, list[str]]:
+    """Validate a ``kind: s3`` source ``x`` with the bucket keys in ``data``."""
+    from exporter.sources.s3.config import SPEC
+
+    source = {"kind": "s3", "endpoint": "https://s3.lan", "access_key_id": "a"}
+    source |= {"secret_access_key": "b", **data}
+    text = yaml.safe_dump({"sources": {"x": source}})
+    try:
+        config = parse_config(text, kinds={"s3": SPEC}, base_dir=Path("/etc/backup-exporter"))
+    except ConfigError as exc:
+        return None, exc.problems
+    return config.sources["x"], []
 
 
 def test_parse_buckets_defaults() -> None:
-    sec, problems = section(
-        {"buckets": {"homelab": None, "media": {"prefixes": "photos/", "restore_check": {}}}}
+    cfg, problems = parse_source(
+        {
+            "price_per_tb_month": 6.0,
+            "buckets": {"homelab": None, "media": {"prefixes": "photos/", "restore_check": {}}},
+        }
     )
-    homelab, media = parse_buckets(sec, default_price=6.0)
-    assert problems.items == []
+    assert problems == []
+    homelab, media = cfg.buckets
     assert homelab == BucketConfig(
         name="homelab", prefixes=("",), interval=6 * 3600, price_per_tb_month=6.0
     )
@@ -183,7 +195,7 @@ def test_parse_buckets_defaults() -> None:
 
 
 def test_parse_buckets_problems_have_paths() -> None:
-    sec, problems = section(
+    _, problems = parse_source(
         {
             "retries": 50,
             "buckets": {
@@ -201,9 +213,7 @@ def test_parse_buckets_problems_have_paths() -> None:
             },
         }
     )
-    parse_buckets(sec, default_price=0.0)
-    assert parse_retries(sec) == 2
-    text = "\n".join(problems.items)
+    text = "\n".join(problems)
     for expected in (
         "sources.x.retries: must be <= 10",
         "sources.x.buckets.b.prefixes: duplicate prefix 'a/'",
@@ -218,9 +228,8 @@ def test_parse_buckets_problems_have_paths() -> None:
 
 
 def test_missing_buckets_is_a_problem() -> None:
-    sec, problems = section({})
-    assert parse_buckets(sec, default_price=0.0) == ()
-    assert problems.items == ["sources.x.buckets: missing (name at least one bucket)"]
+    _, problems = parse_source({})
+    assert problems == ["sources.x.buckets: missing (name at least one bucket)"]
 
 
 # ------------------------------------------------------------------------------ render, evidence

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 from conftest import MEMORY_SPEC
+from pydantic import ValidationError
 
 from exporter.core.config import (
     ConfigError,
     Secret,
-    Section,
     format_duration,
     parse_config,
     parse_duration,
@@ -69,7 +69,7 @@ jobs:
         "Europe/Berlin",
         {"source": "mem1"},
     )
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises((dataclasses.FrozenInstanceError, ValidationError)):
         src.interval = 1  # type: ignore[misc]
 
 
@@ -112,39 +112,59 @@ def test_invalid_yaml_names_the_line() -> None:
     assert problems[0].startswith("line ")
 
 
-def _secret_section(data: dict[str, object], tmp_path: Path) -> tuple[Section, list[str]]:
-    from exporter.core.config import Problems
+def _proxmox(extra: str, tmp_path: Path) -> object:
+    from exporter.sources.proxmox.config import SPEC
 
-    problems = Problems()
-    return Section(data, "sources.pve1", problems, tmp_path), problems.items
+    text = (
+        "sources:\n  pve1: {kind: proxmox, url: 'https://pve.lan:8006', "
+        f"token_id: 'monitor@pve!exporter'{extra}}}\n"
+    )
+    return parse_config(text, kinds={"proxmox": SPEC}, base_dir=tmp_path).sources["pve1"]
 
 
 def test_secret_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CANARY_TOKEN", "canary-3f1c")
-    sec, problems = _secret_section({"token_secret": "${CANARY_TOKEN}"}, tmp_path)
-    secret = sec.secret("token_secret")
-    assert secret is not None
+    cfg = _proxmox(", token_secret: '${CANARY_TOKEN}'", tmp_path)
+    secret = cfg.token_secret  # type: ignore[attr-defined]
     assert secret.reveal() == "canary-3f1c"
     assert "canary" not in repr(secret) and "canary" not in str(secret)
+    assert "canary" not in repr(cfg) and "canary" not in str(cfg)
     (tmp_path / "pve.secret").write_text("from-file\n")
-    sec, problems = _secret_section({"token_secret_file": "pve.secret"}, tmp_path)
-    assert sec.secret("token_secret") == Secret("from-file")
-    assert problems == []
+    cfg = _proxmox(", token_secret_file: pve.secret", tmp_path)
+    assert cfg.token_secret == Secret("from-file")  # type: ignore[attr-defined]
+
+
+def test_secrets_never_appear_in_dumps_or_schema(monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from pydantic import TypeAdapter
+
+    from exporter.core.config import config_schema
+    from exporter.sources.proxmox.config import ProxmoxConfig
+
+    monkeypatch.setenv("PVE_TOKEN", "s3cr3t-7f2a")
+    cfg = _proxmox(", token_secret: '${PVE_TOKEN}'", Path.cwd())
+    adapter = TypeAdapter(ProxmoxConfig)
+    assert "s3cr3t" not in adapter.dump_json(cfg).decode()  # type: ignore[arg-type]
+    assert "s3cr3t" not in repr(adapter.dump_python(cfg))  # type: ignore[arg-type]
+    assert "s3cr3t" not in json.dumps(config_schema())
 
 
 @pytest.mark.parametrize(
-    ("data", "message"),
+    ("extra", "message"),
     [
-        ({}, "sources.pve1.token_secret: missing"),
-        ({"token_secret": "${NOPE_NOT_SET}"}, "environment variable NOPE_NOT_SET is not set"),
-        ({"token_secret": "a", "token_secret_file": "f"}, "not both"),
-        ({"token_secret_file": "absent"}, "sources.pve1.token_secret_file: cannot read"),
+        ("", 'sources.pve1.token_secret: missing (set token_secret: "${ENV_VAR}" or'),
+        (", token_secret: '${NOPE_NOT_SET}'", "environment variable NOPE_NOT_SET is not set"),
+        (", token_secret: a, token_secret_file: f", "not both"),
+        (", token_secret_file: absent", "sources.pve1.token_secret_file: cannot read"),
+        (", token_secret: ''", "sources.pve1.token_secret: is empty"),
     ],
 )
-def test_secret_problems(data: dict[str, object], message: str, tmp_path: Path) -> None:
-    sec, problems = _secret_section(data, tmp_path)
-    assert sec.secret("token_secret") is None
-    assert any(message in p for p in problems), problems
+def test_secret_problems(extra: str, message: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        _proxmox(extra, tmp_path)
+    assert any(message in p for p in info.value.problems), info.value.problems
+    assert len(info.value.problems) == 1, info.value.problems
 
 
 def test_only_configured_kinds_are_imported(tmp_path: Path) -> None:

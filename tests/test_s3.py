@@ -32,7 +32,8 @@ from exporter.core.clock import FakeClock
 from exporter.core.config import parse_config
 from exporter.core.poller import Poller
 from exporter.sources.base import FetchContext
-from exporter.sources.s3.source import S3Source, default_price, s3_error
+from exporter.sources.s3.config import default_price
+from exporter.sources.s3.source import S3Source, s3_error
 
 BASE = datetime(2026, 1, 29, 21, 0, 3, tzinfo=UTC)
 NOW = (BASE + timedelta(days=40)).timestamp()

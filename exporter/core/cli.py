@@ -19,7 +19,7 @@ from exporter import __version__
 from exporter.core.app import build_pollers, create_app
 from exporter.core.clock import SystemClock
 from exporter.core.collector import SnapshotCollector
-from exporter.core.config import Config, ConfigError, load_config
+from exporter.core.config import Config, ConfigError, config_schema, load_config
 
 log = logging.getLogger("exporter")
 
@@ -90,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file")
     once = sub.add_parser("once", parents=[common], help="poll every source once and print")
     once.add_argument("--config.file", dest="config_file", default=DEFAULT_CONFIG)
+    cfg = sub.add_parser("config", help="configuration tools")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
+    cfg_sub.add_parser("schema", help="print the JSON Schema (draft 2020-12) of the config file")
     sched = sub.add_parser("schedule", parents=[common], help="print the next start times")
     sched.add_argument("expression")
     sched.add_argument("--tz", default="UTC", help="IANA time zone (default UTC)")
@@ -192,6 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv.insert(0, "serve")
     args = _parser().parse_args(argv)
+    if args.command == "config":
+        print(json.dumps(config_schema(), indent=2))
+        return 0
     setup_logging(args.log_level, args.log_format)
     if args.command == "schedule":
         return _schedule(args)

@@ -1,7 +1,9 @@
-"""The source kinds: each module registers one ``kind:`` with its config parser and class.
+"""The source kinds: each ``kind:`` has a package with its config model and its source class.
 
-A kind's module (and its SDK: b2sdk, boto3, proxmoxer, …) is imported only when a config
-uses that kind, so an exporter watching one Proxmox host does not carry every SDK in memory.
+The registry loads a kind's ``config`` module (pydantic models only, no SDK) to validate a
+configuration or print its schema. The kind's ``source`` module (and its SDK: b2sdk, boto3,
+proxmoxer, …) is imported only when a source of that kind is built, so an exporter watching
+one Proxmox host does not carry every SDK in memory.
 """
 
 from __future__ import annotations
@@ -14,17 +16,17 @@ from typing import Any
 from exporter.core.config import KindSpec, SourceConfig
 from exporter.sources.base import Source
 
-# One module per kind, named after it; each defines ``SPEC: KindSpec`` and ``KIND: str``.
+# One package per kind, named after it; its ``config`` module defines ``SPEC: KindSpec``.
 KIND_NAMES = ("b2", "files", "healthchecks", "proxmox", "s3", "smartctl", "truenas", "zfs")
 _MODULES = tuple(f"exporter.sources.{name}" for name in KIND_NAMES)
 
 
 @functools.cache
 def _spec(kind: str) -> KindSpec:
-    module = importlib.import_module(f"exporter.sources.{kind}")
-    if kind != module.KIND:
-        raise RuntimeError(f"exporter.sources.{kind} declares KIND {module.KIND!r}")
-    spec: KindSpec = module.SPEC
+    package = importlib.import_module(f"exporter.sources.{kind}")
+    if kind != package.KIND:
+        raise RuntimeError(f"exporter.sources.{kind} declares KIND {package.KIND!r}")
+    spec: KindSpec = importlib.import_module(f"exporter.sources.{kind}.config").SPEC
     return spec
 
 
@@ -47,11 +49,11 @@ _KINDS = _LazyKinds()
 
 
 def kinds() -> Mapping[str, KindSpec]:
-    """Map each ``kind:`` name to its spec, importing a kind's module when it is looked up."""
+    """Map each ``kind:`` name to its spec, importing a kind's config module on lookup."""
     return _KINDS
 
 
 def build_source(config: SourceConfig) -> Source[Any, Any]:
-    """Instantiate the source object for a validated config."""
+    """Instantiate the source object for a validated config (imports the kind's source)."""
     source: Source[Any, Any] = kinds()[config.kind].build(config)
     return source

@@ -1,28 +1,15 @@
-"""Config reading shared by the storage kinds: the ``datasets:`` include/exclude filter."""
+"""The ``datasets:`` filter keys shared by ``kind: zfs`` and ``kind: truenas``."""
 
 from __future__ import annotations
 
-import re
+from pydantic.dataclasses import dataclass
 
-from exporter.core.config import Section
-from exporter.storage.models import DatasetFilter
-
-
-def _regexes(sec: Section, key: str) -> tuple[str, ...]:
-    patterns = sec.str_list(key)
-    for pattern in patterns:
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            sec.problem(key, f"invalid regular expression {pattern!r}: {exc}")
-            return ()
-    return patterns
+from exporter.core.fields import STRICT, ConfigSection, Regexes
 
 
-def parse_dataset_filter(sec: Section) -> DatasetFilter:
-    """Read the ``datasets:`` mapping (``include``/``exclude`` regex lists) of a source."""
-    datasets = sec.section("datasets")
-    include = _regexes(datasets, "include")
-    exclude = _regexes(datasets, "exclude")
-    datasets.finish()
-    return DatasetFilter(include, exclude)
+@dataclass(frozen=True, kw_only=True, config=STRICT)
+class DatasetsConfig(ConfigSection):
+    """The ``datasets:`` mapping: ``include``/``exclude`` regex lists (each a full match)."""
+
+    include: Regexes = ()
+    exclude: Regexes = ()

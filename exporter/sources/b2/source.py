@@ -35,7 +35,6 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from b2sdk.v3 import B2Api, B2Http, B2Session, Bucket, InMemoryAccountInfo
@@ -62,24 +61,21 @@ from b2sdk.v3.exception import (
     UnknownHost,
 )
 
+from exporter.buckets.config import BucketConfig
 from exporter.buckets.engine import (
     BlockingCall,
-    BucketConfig,
     BucketSource,
-    BucketSourceConfig,
-    parse_buckets,
-    parse_retries,
 )
 from exporter.buckets.listing import PrefixAggregate, ReservoirSampler
 from exporter.buckets.model import Download, SampleObject
 from exporter.buckets.restore import BoundedSink, TooLargeError
-from exporter.core.config import KindSpec, Secret, Section, SourceConfigBase
+from exporter.sources.b2 import KIND
+from exporter.sources.b2.config import SPEC as SPEC  # noqa: PLC0414 - re-export
+from exporter.sources.b2.config import B2Config
 from exporter.sources.base import FetchError, Reason
 
 log = logging.getLogger(__name__)
 
-KIND = "b2"
-DEFAULT_PRICE_PER_TB_MONTH = 6.0  # Backblaze pay-as-you-go since 2023-10-03
 LIST_PAGE = 1000
 
 # Billing classes of the raw API methods (https://www.backblaze.com/b2/b2-transactions-price.html).
@@ -103,44 +99,6 @@ _CLASS_C = frozenset(
 )
 # Methods that only build a URL locally and send nothing.
 _LOCAL = frozenset({"get_download_url_by_id", "get_download_url_by_name"})
-
-
-@dataclass(frozen=True, kw_only=True)
-class B2Config(BucketSourceConfig):
-    """``key_id`` and ``application_key`` of an application key that may list and read."""
-
-    key_id: str
-    application_key: Secret
-
-
-def _folder_prefix(prefix: str) -> str | None:
-    if prefix == "" or prefix.endswith("/"):
-        return None
-    return (
-        f"B2 prefix {prefix!r} must end with '/' (b2sdk lists folders), or be \"\" for the "
-        "whole bucket; for other prefixes use kind: s3 with B2's S3 endpoint"
-    )
-
-
-def parse(sec: Section, base: SourceConfigBase) -> B2Config:
-    """Read the ``kind: b2`` keys."""
-    key_id = sec.str("key_id", required=True)
-    application_key = sec.secret("application_key") or Secret("")
-    price = sec.float("price_per_tb_month", DEFAULT_PRICE_PER_TB_MONTH)
-    if price < 0:
-        sec.problem("price_per_tb_month", "must be >= 0")
-        price = DEFAULT_PRICE_PER_TB_MONTH
-    return B2Config(
-        name=base.name,
-        kind=base.kind,
-        interval=base.interval,
-        timeout=base.timeout,
-        jitter=base.jitter,
-        key_id=key_id,
-        application_key=application_key,
-        retries=parse_retries(sec),
-        buckets=parse_buckets(sec, default_price=price, check_prefix=_folder_prefix),
-    )
 
 
 class _OneTryB2Http(B2Http):  # type: ignore[misc]
@@ -381,6 +339,3 @@ class B2Source(BucketSource[B2Config]):
             return Download(key=key, data=sink.getvalue(), expected_size=size, sha1=sha1)
         finally:
             downloaded.response.close()
-
-
-SPEC = KindSpec(parse=parse, build=B2Source, default_interval=3600.0, default_timeout=300.0)

@@ -24,28 +24,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from exporter.core.config import KindSpec, Section, SourceConfig, SourceConfigBase
 from exporter.schedule.jobs import Evidence
 from exporter.sources.base import FetchContext, FetchError, Source
+from exporter.sources.files import KIND
+from exporter.sources.files.config import SPEC as SPEC  # noqa: PLC0414 - re-export
+from exporter.sources.files.config import FilesConfig
 from exporter.vzdump import parse_archive_name
-
-KIND = "files"
-
-
-@dataclass(frozen=True, kw_only=True)
-class FilesConfig(SourceConfig):
-    """``path`` and ``glob`` select the files; ``vzdump`` reads archive names per guest."""
-
-    path: Path
-    glob: str
-    vzdump: bool
-    storage: str
-    timezone: str
 
 
 @dataclass(frozen=True)
@@ -68,26 +56,6 @@ class FilesSnapshot:
     newest: float | None
     oldest: float | None
     guests: tuple[GuestArchives, ...] = ()
-
-
-def parse(sec: Section, base: SourceConfigBase) -> FilesConfig:
-    """Read the ``kind: files`` keys."""
-    path = sec.path_value("path", required=True)
-    pattern = sec.str("glob", "*")
-    if pattern.startswith("/") or ".." in Path(pattern).parts:
-        sec.problem("glob", "must be relative to path and stay inside it")
-    return FilesConfig(
-        name=base.name,
-        kind=base.kind,
-        interval=base.interval,
-        timeout=base.timeout,
-        jitter=base.jitter,
-        path=path,
-        glob=pattern,
-        vzdump=sec.bool("vzdump", False),
-        storage=sec.str("storage", base.name),
-        timezone=sec.str("timezone", ""),
-    )
 
 
 class _GuestAcc:
@@ -230,6 +198,3 @@ def _family(name: str, doc: str, labels: list[str], value: float) -> GaugeMetric
     fam = GaugeMetricFamily(name, doc, labels=["source"])
     fam.add_metric(labels, value)
     return fam
-
-
-SPEC = KindSpec(parse=parse, build=FilesSource, default_interval=300.0, default_timeout=60.0)

@@ -67,101 +67,31 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
-from yarl import URL
 
 from exporter.core.config import (
-    KindSpec,
-    Secret,
-    Section,
-    SourceConfig,
-    SourceConfigBase,
     TLSConfig,
 )
 from exporter.core.tls import ClientSSL
 from exporter.schedule.expressions import Schedule, ScheduleError, parse_schedule
 from exporter.schedule.jobs import Evidence, JobSpec
 from exporter.sources.base import FetchContext, FetchError, Source
+from exporter.sources.healthchecks import KIND
+from exporter.sources.healthchecks.config import SPEC as SPEC  # noqa: PLC0414 - re-export
+from exporter.sources.healthchecks.config import HealthchecksConfig, _base_url
 
 log = logging.getLogger(__name__)
 
-KIND = "healthchecks"
 
-DEFAULT_URL = "https://healthchecks.io"
 STATUSES = ("new", "up", "grace", "down", "paused")
-#: Healthchecks' API keys (read-write and read-only) are 32 characters (``hc/api/decorators``).
-KEY_LENGTH = 32
 #: A check list is ~1.5 KB per check; this bounds what a misbehaving server can make us hold.
 MAX_RESPONSE_BYTES = 32 * 2**20
 _MAX_TEXT = 200
 # The uuid goes into a request path (the ping log): accept nothing but a uuid.
 _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
-
-
-# ------------------------------------------------------------------------------ config
-
-
-@dataclass(frozen=True, kw_only=True)
-class HealthchecksConfig(SourceConfig):
-    """The ``kind: healthchecks`` keys."""
-
-    url: str = DEFAULT_URL
-    api_key: Secret = field(default_factory=lambda: Secret(""))
-    tags: tuple[str, ...] = ()
-    jobs: bool = True
-    pings: bool = False
-    verify_tls: bool = True
-    ca_file: Path | None = None
-
-
-def _base_url(text: str) -> URL:
-    """Validate ``url`` (http(s), a host, no query or fragment) and return it parsed."""
-    url = URL(text.strip())
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError(f"must be an http(s) URL such as {DEFAULT_URL}, got {text!r}")
-    if url.query_string or url.fragment:
-        raise ValueError("must not have a query or fragment")
-    return url
-
-
-def parse(sec: Section, base: SourceConfigBase) -> HealthchecksConfig:
-    """Read the ``kind: healthchecks`` keys."""
-    url = sec.str("url", DEFAULT_URL)
-    try:
-        _base_url(url)
-    except ValueError as exc:
-        sec.problem("url", str(exc))
-    api_key = sec.secret("api_key") or Secret("")
-    if api_key.reveal() and len(api_key.reveal()) != KEY_LENGTH:
-        where = "api_key_file" if sec.has("api_key_file") else "api_key"
-        sec.problem(
-            where,
-            f"a Healthchecks API key has {KEY_LENGTH} characters, this one has "
-            f"{len(api_key.reveal())} (Settings → API Access; the read-only key is enough)",
-        )
-    tags = sec.str_list("tags")
-    for tag in tags:
-        if not tag or any(ch.isspace() for ch in tag):
-            sec.problem("tags", f"a tag is one word without spaces, got {tag!r}")
-    tls = sec.tls()
-    return HealthchecksConfig(
-        name=base.name,
-        kind=base.kind,
-        interval=base.interval,
-        timeout=base.timeout,
-        jitter=base.jitter,
-        url=url,
-        api_key=api_key,
-        tags=tags,
-        jobs=sec.bool("jobs", True),
-        pings=sec.bool("pings", False),
-        verify_tls=tls.verify,
-        ca_file=tls.ca_file,
-    )
 
 
 # ------------------------------------------------------------------------------ snapshot
@@ -637,6 +567,3 @@ class HealthchecksSource(Source[HealthchecksConfig, HealthchecksSnapshot]):
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
-
-
-SPEC = KindSpec(parse=parse, build=HealthchecksSource, default_interval=300.0, default_timeout=30.0)

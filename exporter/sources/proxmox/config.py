@@ -1,12 +1,34 @@
-"""Configuration of a ``kind: proxmox`` source: the ``ProxmoxConfig`` section and its parser."""
+"""The ``kind: proxmox`` configuration keys and job evidence selector."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from exporter.core.config import Secret, Section, SourceConfig, SourceConfigBase
+from pydantic import field_validator
+from pydantic.dataclasses import dataclass
+from pydantic.json_schema import SkipJsonSchema
+
+from exporter.core.config import (
+    EvidenceSelector,
+    KindSpec,
+    Secret,
+    SourceConfig,
+    TLSConfig,
+    tls_problems,
+)
+from exporter.core.fields import (
+    STRICT,
+    Bool,
+    ConfigPath,
+    Duration,
+    InheritedZone,
+    Text,
+    at_least,
+    problem,
+)
 
 DEFAULT_GRACE = 6 * 3600.0
 DEFAULT_START_GRACE = 3600.0
@@ -17,30 +39,7 @@ _TOKEN_ID_RE = re.compile(
 )
 
 
-@dataclass(frozen=True, kw_only=True)
-class ProxmoxConfig(SourceConfig):
-    """Settings of one ``kind: proxmox`` source.
-
-    ``timezone`` is the nodes' local zone for schedules and vzdump file names; an empty string
-    means "the configuration's top-level ``timezone:``", which the config loader fills in
-    (``dataclasses.replace``); if it stays empty, UTC is used.
-    """
-
-    url: str
-    host: str
-    port: int
-    token_id: str
-    token_secret: Secret
-    verify: bool | str  # True, False or the path of a CA bundle
-    timezone: str = ""
-    tasks_limit: int = DEFAULT_TASKS_LIMIT
-    job_grace: float = DEFAULT_GRACE
-    job_start_grace: float = DEFAULT_START_GRACE
-
-    @property
-    def zone(self) -> str:
-        """The effective time zone name."""
-        return self.timezone or "UTC"
+# --------------------------------------------------------------------------------- config
 
 
 def parse_url(url: str) -> tuple[str, int]:
@@ -60,40 +59,84 @@ def parse_url(url: str) -> tuple[str, int]:
     return (f"[{host}]" if ":" in host else host), port
 
 
-def parse(sec: Section, base: SourceConfigBase) -> ProxmoxConfig:
-    """Read the keys of a ``kind: proxmox`` source."""
-    url = sec.str("url", required=True)
-    host, port = "", 8006
-    if url:
-        try:
-            host, port = parse_url(url)
-        except ValueError as exc:
-            sec.problem("url", str(exc))
-    token_id = sec.str("token_id", required=True)
-    if token_id and not _TOKEN_ID_RE.fullmatch(token_id):
-        sec.problem("token_id", f"must look like user@realm!tokenname, got {token_id!r}")
-    secret = sec.secret("token_secret") or Secret("")
-    verify = sec.tls().requests_verify
-    timezone = sec.timezone("timezone", "")
-    tasks_limit = sec.int("tasks_limit", DEFAULT_TASKS_LIMIT, minimum=1)
-    grace = sec.duration("job_grace", DEFAULT_GRACE)
-    start_grace = sec.duration("job_start_grace", DEFAULT_START_GRACE)
-    if start_grace > grace:
-        sec.problem("job_start_grace", "must not be longer than job_grace")
-    return ProxmoxConfig(
-        name=base.name,
-        kind=base.kind,
-        interval=base.interval,
-        timeout=base.timeout,
-        jitter=base.jitter,
-        url=url,
-        host=host,
-        port=port,
-        token_id=token_id,
-        token_secret=secret,
-        verify=verify,
-        timezone=timezone,
-        tasks_limit=tasks_limit,
-        job_grace=grace,
-        job_start_grace=start_grace,
-    )
+@dataclass(frozen=True, kw_only=True, config=STRICT)
+class ProxmoxConfig(SourceConfig):
+    """Settings of one ``kind: proxmox`` source.
+
+    ``timezone`` is the nodes' local zone for schedules and vzdump file names; an empty string
+    means "the configuration's top-level ``timezone:``", which validation fills in; if it
+    stays empty (built in code), UTC is used. ``host``, ``port`` and ``verify`` are derived
+    from ``url``, ``verify_tls`` and ``ca_file``.
+    """
+
+    derived: ClassVar[tuple[str, ...]] = ("host", "port", "verify")
+
+    kind: Literal["proxmox"] = "proxmox"
+    interval: Duration = 300.0
+    timeout: Duration = 30.0
+    url: Text
+    token_id: Text
+    token_secret: Secret
+    verify_tls: Bool = True
+    ca_file: ConfigPath | None = None
+    timezone: InheritedZone = ""
+    tasks_limit: Annotated[int, at_least(1)] = DEFAULT_TASKS_LIMIT
+    job_grace: Duration = DEFAULT_GRACE
+    job_start_grace: Duration = DEFAULT_START_GRACE
+    host: SkipJsonSchema[str] = ""
+    port: SkipJsonSchema[int] = 8006
+    verify: SkipJsonSchema[bool | str] = True  # True, False or the path of a CA bundle
+
+    @property
+    def zone(self) -> str:
+        """The effective time zone name."""
+        return self.timezone or "UTC"
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, url: str) -> str:
+        if url:
+            try:
+                parse_url(url)
+            except ValueError as exc:
+                raise problem(str(exc)) from None
+        return url
+
+    @field_validator("token_id")
+    @classmethod
+    def _token(cls, token_id: str) -> str:
+        if token_id and not _TOKEN_ID_RE.fullmatch(token_id):
+            raise problem(f"must look like user@realm!tokenname, got {token_id!r}")
+        return token_id
+
+    def problems(self, context: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+        """Run the common checks and check ``ca_file`` and the job graces."""
+        yield from super().problems(context)
+        yield from tls_problems(self.verify_tls, self.ca_file)
+        if self.job_start_grace > self.job_grace:
+            yield "job_start_grace", "must not be longer than job_grace"
+
+    def complete(self, raw: Mapping[str, Any], context: Mapping[str, Any]) -> None:
+        """Derive ``host``/``port`` from ``url`` and ``verify`` from the TLS keys."""
+        super().complete(raw, context)
+        if self.url:
+            host, port = parse_url(self.url)
+            self._set("host", host)
+            self._set("port", port)
+        tls = TLSConfig(verify=self.verify_tls, ca_file=self.ca_file)
+        self._set("verify", tls.requests_verify)
+
+
+@dataclass(frozen=True, kw_only=True, config=STRICT)
+class ProxmoxEvidence(EvidenceSelector):
+    """``{source, vmid[, storage]}``: a guest's newest archive (on ``storage``) and tasks."""
+
+    vmid: Text
+    storage: Text = ""
+
+
+SPEC = KindSpec(
+    config=ProxmoxConfig,
+    evidence=ProxmoxEvidence,
+    source="exporter.sources.proxmox.source:ProxmoxSource",
+)

@@ -22,12 +22,13 @@ from dataclasses import dataclass
 
 from prometheus_client.core import Metric
 
-from exporter.core.config import KindSpec
 from exporter.schedule.expressions import Schedule, ScheduleError
 from exporter.schedule.jobs import Evidence, JobSpec
 from exporter.sources.base import FetchContext, Source
+from exporter.sources.proxmox import KIND
 from exporter.sources.proxmox.api import ProxmoxApi, check_backup_visibility
-from exporter.sources.proxmox.config import ProxmoxConfig, parse
+from exporter.sources.proxmox.config import SPEC as SPEC  # noqa: PLC0414 - re-export
+from exporter.sources.proxmox.config import ProxmoxConfig
 from exporter.sources.proxmox.jobs import capped_graces, covered_guests, job_schedule
 from exporter.sources.proxmox.model import Archive, BackupStorage, ProxmoxSnapshot, VzdumpTask
 from exporter.sources.proxmox.reader import as_int
@@ -44,8 +45,6 @@ from exporter.sources.proxmox.responses import (
 from exporter.sources.proxmox.tasks import guest_evidence, job_tasks, parse_tasks
 
 log = logging.getLogger(__name__)
-
-KIND = "proxmox"
 
 
 @dataclass
@@ -200,7 +199,5 @@ class ProxmoxSource(Source[ProxmoxConfig, ProxmoxSnapshot]):
         """Close the HTTP session's idle keep-alive connections."""
         self._api.close()
 
-
-SPEC = KindSpec(parse=parse, build=ProxmoxSource, default_interval=300.0, default_timeout=30.0)
 
 __all__ = ["KIND", "SPEC", "ProxmoxSource"]

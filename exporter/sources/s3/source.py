@@ -41,11 +41,8 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config as BotoConfig
@@ -61,26 +58,22 @@ from botocore.exceptions import (
 )
 from botocore.parsers import ResponseParserError
 
+from exporter.buckets.config import BucketConfig
 from exporter.buckets.engine import (
     BlockingCall,
-    BucketConfig,
     BucketSource,
-    BucketSourceConfig,
-    parse_buckets,
-    parse_retries,
 )
 from exporter.buckets.listing import PrefixAggregate, ReservoirSampler
 from exporter.buckets.model import Download, SampleObject
 from exporter.buckets.restore import BoundedSink, TooLargeError
-from exporter.core.config import KindSpec, Secret, Section, SourceConfigBase
 from exporter.sources.base import FetchError, Reason
+from exporter.sources.s3 import KIND
+from exporter.sources.s3.config import SPEC as SPEC  # noqa: PLC0414 - re-export
+from exporter.sources.s3.config import S3Config
 
 log = logging.getLogger(__name__)
 
-KIND = "s3"
 LIST_PAGE = 1000
-STORJ_LEGACY_PRICE = 4.0  # $/TB-month, projects created before 2025-11-01 (for one year)
-B2_PRICE = 6.0  # $/TB-month, Backblaze pay-as-you-go since 2023-10-03
 _CHUNK = 1 << 20
 
 _AUTH_CODES = frozenset(
@@ -98,58 +91,6 @@ _AUTH_CODES = frozenset(
 _PERMISSION_CODES = frozenset({"AccessDenied", "AllAccessDisabled", "Forbidden"})
 _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchVersion", "404", "NotFound"})
 _API_CLASS = {"ListObjectsV2": "list", "GetObject": "get", "HeadObject": "get"}
-
-
-def default_price(endpoint: str) -> float:
-    """Return the documented default price per TB-month for an endpoint (0: unknown)."""
-    host = (urlsplit(endpoint).hostname or "").lower()
-    if "storj" in host:
-        return STORJ_LEGACY_PRICE
-    if host.endswith("backblazeb2.com"):
-        return B2_PRICE
-    return 0.0
-
-
-@dataclass(frozen=True, kw_only=True)
-class S3Config(BucketSourceConfig):
-    """An S3 endpoint, its credentials and the buckets to watch."""
-
-    endpoint: str
-    region: str
-    access_key_id: str
-    secret_access_key: Secret
-    ca_file: Path | None = None
-
-
-def parse(sec: Section, base: SourceConfigBase) -> S3Config:
-    """Read the ``kind: s3`` keys."""
-    endpoint = sec.str("endpoint", required=True).rstrip("/")
-    parts = urlsplit(endpoint)
-    if endpoint and (parts.scheme not in ("http", "https") or not parts.hostname):
-        sec.problem(
-            "endpoint",
-            f"must be an http(s) URL such as https://gateway.storjshare.io, got {endpoint!r}",
-        )
-    price = sec.float("price_per_tb_month", default_price(endpoint))
-    if price < 0:
-        sec.problem("price_per_tb_month", "must be >= 0")
-        price = 0.0
-    # S3 has no verify_tls: an endpoint is either publicly trusted or has its own CA.
-    ca_file = sec.tls(insecure_allowed=False).ca_file
-    return S3Config(
-        name=base.name,
-        kind=base.kind,
-        interval=base.interval,
-        timeout=base.timeout,
-        jitter=base.jitter,
-        endpoint=endpoint,
-        region=sec.str("region", "us-east-1"),
-        access_key_id=sec.str("access_key_id", required=True),
-        secret_access_key=sec.secret("secret_access_key") or Secret(""),
-        ca_file=ca_file,
-        retries=parse_retries(sec),
-        buckets=parse_buckets(sec, default_price=price),
-    )
 
 
 def s3_error(exc: Exception, *, secret: str = "") -> FetchError | None:
@@ -371,6 +312,3 @@ def make_client(config: S3Config) -> Any:
             user_agent_extra="backup-exporter",
         ),
     )
-
-
-SPEC = KindSpec(parse=parse, build=S3Source, default_interval=3600.0, default_timeout=300.0)

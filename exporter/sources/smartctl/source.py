@@ -35,9 +35,11 @@ from dataclasses import dataclass, replace
 from prometheus_client.core import Metric
 
 from exporter.core.command import run_command
-from exporter.core.config import KindSpec, Section, SourceConfig, SourceConfigBase
 from exporter.schedule.jobs import Evidence
 from exporter.sources.base import FetchContext, FetchError, Reason, Source
+from exporter.sources.smartctl import KIND
+from exporter.sources.smartctl.config import _DEVICE_TYPE_CHARS, DeviceSpec, SmartctlConfig
+from exporter.sources.smartctl.config import SPEC as SPEC  # noqa: PLC0414 - re-export
 from exporter.storage.evidence import selftest_evidence
 from exporter.storage.models import SELFTEST_KINDS, SmartDevice
 from exporter.storage.render import render_smart
@@ -45,78 +47,12 @@ from exporter.storage.smartctl import parse_smartctl_json
 
 log = logging.getLogger(__name__)
 
-KIND = "smartctl"
-NOCHECK_MODES = ("standby", "sleep", "idle", "never")
-_DEVICE_TYPE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789,+_-")
-
-
-@dataclass(frozen=True)
-class DeviceSpec:
-    """A device to read: its name and optional smartctl ``-d`` type (``sat``, ``nvme``...)."""
-
-    name: str
-    type: str = ""
-
-
-@dataclass(frozen=True, kw_only=True)
-class SmartctlConfig(SourceConfig):
-    """The ``kind: smartctl`` keys."""
-
-    devices: tuple[DeviceSpec, ...] = ()
-    command_prefix: tuple[str, ...] = ()
-    nocheck: str = "standby"
-    device_timeout: float = 20.0
-
 
 @dataclass(frozen=True)
 class SmartSnapshot:
     """One poll: every device, read now or (standby) carried over from an earlier poll."""
 
     devices: tuple[SmartDevice, ...]
-
-
-def _parse_devices(sec: Section) -> tuple[DeviceSpec, ...]:
-    if not sec.has("devices"):
-        return ()
-    raw = sec.data["devices"]
-    if not isinstance(raw, list):
-        sec.problem("devices", "must be a list of device names or {name, type} mappings")
-        return ()
-    out: list[DeviceSpec] = []
-    for i, item in enumerate(raw):
-        where = f"devices[{i}]"
-        if isinstance(item, str) and item.strip():
-            out.append(DeviceSpec(item.strip()))
-        elif isinstance(item, dict):
-            name, dtype = item.get("name"), item.get("type", "")
-            unknown = set(item) - {"name", "type"}
-            if unknown:
-                sec.problem(where, f"unknown key {sorted(map(str, unknown))[0]}")
-            if not isinstance(name, str) or not name.strip():
-                sec.problem(where, "name: missing")
-                continue
-            if not isinstance(dtype, str) or not set(dtype) <= _DEVICE_TYPE_CHARS:
-                sec.problem(where, f"type: not a smartctl -d type: {dtype!r}")
-                continue
-            out.append(DeviceSpec(name.strip(), dtype))
-        else:
-            sec.problem(where, "must be a device name or a {name, type} mapping")
-    return tuple(out)
-
-
-def parse(sec: Section, base: SourceConfigBase) -> SmartctlConfig:
-    """Read the ``kind: smartctl`` keys."""
-    return SmartctlConfig(
-        name=base.name,
-        kind=base.kind,
-        interval=base.interval,
-        timeout=base.timeout,
-        jitter=base.jitter,
-        devices=_parse_devices(sec),
-        command_prefix=sec.str_list("command_prefix"),
-        nocheck=sec.choice("nocheck", NOCHECK_MODES, "standby"),
-        device_timeout=sec.duration("device_timeout", 20.0),
-    )
 
 
 def parse_scan(doc: Mapping[str, object]) -> tuple[DeviceSpec, ...]:
@@ -257,6 +193,3 @@ def _fetch_reason(dev: SmartDevice) -> Reason:
     if "permission denied" in text or "operation not permitted" in text:
         return "permission"
     return "config"
-
-
-SPEC = KindSpec(parse=parse, build=SmartctlSource, default_interval=1800.0, default_timeout=60.0)

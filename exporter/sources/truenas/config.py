@@ -1,85 +1,107 @@
-"""The ``kind: truenas`` config keys."""
+"""The ``kind: truenas`` configuration keys and job evidence selector."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterator, Mapping
+from dataclasses import field
 from types import MappingProxyType
+from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
-from exporter.core.config import (
-    Secret,
-    Section,
-    SourceConfig,
-    SourceConfigBase,
-    parse_duration,
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
+from pydantic.dataclasses import dataclass
+from pydantic.json_schema import SkipJsonSchema
+
+from exporter.core.config import EvidenceSelector, KindSpec, Secret, SourceConfig, tls_problems
+from exporter.core.fields import (
+    STRICT,
+    Bool,
+    ConfigPath,
+    Duration,
+    OptionalZone,
+    Text,
+    problem,
 )
-from exporter.sources.truenas.client import PLAIN_WS_REFUSAL, api_url
-from exporter.storage.config import parse_dataset_filter
+from exporter.storage.config import DatasetsConfig
+
+# The same text as exporter.sources.truenas.client.PLAIN_WS_REFUSAL (not imported: aiohttp).
+PLAIN_WS_REFUSAL = (
+    "refusing to send an API key over plain ws://: TrueNAS revokes an API key that is used "
+    "over an unencrypted connection (the key would stop working); use wss://"
+)
+
+# ------------------------------------------------------------------------------ config
 
 
-@dataclass(frozen=True, kw_only=True)
+def _check_url(url: str) -> str | None:
+    """Return the problem of a TrueNAS URL (as the client would see it), or ``None``."""
+    parts = urlsplit(url)
+    scheme = {"https": "wss", "http": "ws"}.get(parts.scheme, parts.scheme)
+    if scheme not in ("ws", "wss") or not parts.hostname:
+        return f"invalid TrueNAS URL {url!r} (expected wss://host[:port])"
+    if scheme == "ws":
+        return PLAIN_WS_REFUSAL
+    return None
+
+
+@dataclass(frozen=True, kw_only=True, config=ConfigDict(**STRICT, validate_by_name=True))
 class TrueNASConfig(SourceConfig):
-    """The ``kind: truenas`` keys."""
+    """The ``kind: truenas`` keys; ``datasets:`` fills ``include``/``exclude``."""
 
-    url: str
-    username: str = ""
-    api_key: Secret = field(default_factory=lambda: Secret(""))
-    verify_tls: bool = True
-    ca_file: Path | None = None
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
+    derived: ClassVar[tuple[str, ...]] = ("include", "exclude", "cron_timezone")
+
+    kind: Literal["truenas"] = "truenas"
+    interval: Duration = 600.0
+    timeout: Duration = 60.0
+    url: Text
+    username: Text = ""
+    api_key: Secret = Secret("")
+    verify_tls: Bool = True
+    ca_file: ConfigPath | None = None
+    datasets: DatasetsConfig | None = None
+    include: SkipJsonSchema[tuple[str, ...]] = ()
+    exclude: SkipJsonSchema[tuple[str, ...]] = ()
     # The YAML key is ``timezone``; empty means "ask TrueNAS" (system.general.config), so it
     # is deliberately not called ``timezone`` (which would inherit the top-level zone).
-    cron_timezone: str = ""
-    cloudsync_grace: Mapping[str, float] = field(default_factory=dict)
-    scrub_grace: float = 86400.0
+    cron_timezone: Annotated[OptionalZone, Field(alias="timezone")] = ""
+    cloudsync_grace: Mapping[str, Duration] = field(default_factory=dict)
+    scrub_grace: Duration = 86400.0
+
+    @field_validator("url")
+    @classmethod
+    def _secure(cls, url: str, info: ValidationInfo) -> str:
+        # Only YAML is refused here: the source refuses plain URLs again before connecting.
+        if info.context is not None and url and (text := _check_url(url)):
+            raise problem(text)
+        return url
+
+    def problems(self, context: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+        """Run the common checks and check ``ca_file``."""
+        yield from super().problems(context)
+        yield from tls_problems(self.verify_tls, self.ca_file)
+
+    def complete(self, raw: Mapping[str, Any], context: Mapping[str, Any]) -> None:
+        """Copy the patterns of ``datasets:``; freeze the graces."""
+        super().complete(raw, context)
+        if self.datasets is not None:
+            self._set("include", self.datasets.include)
+            self._set("exclude", self.datasets.exclude)
+        self._set("cloudsync_grace", MappingProxyType(dict(self.cloudsync_grace)))
 
 
-def _graces(sec: Section) -> dict[str, float]:
-    graces: dict[str, float] = {}
-    for key, value in sec.data.items():
-        name = str(key)
-        try:
-            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-                raise ValueError("must be a duration such as 8h")
-            seconds = parse_duration(value) if isinstance(value, str) else float(value)
-            if seconds <= 0:
-                raise ValueError("must be greater than 0")
-        except ValueError as exc:
-            sec.problem(name, str(exc))
-            continue
-        graces[name] = seconds
-    return graces
+@dataclass(frozen=True, kw_only=True, config=STRICT)
+class TrueNASEvidence(EvidenceSelector):
+    """``cloudsync`` (a task description or id), ``pool``, ``dataset``, ``test``[+``device``]."""
+
+    cloudsync: Text = ""
+    pool: Text = ""
+    dataset: Text = ""
+    test: Text = ""
+    device: Text = ""
 
 
-def parse(sec: Section, base: SourceConfigBase) -> TrueNASConfig:
-    """Read the ``kind: truenas`` keys."""
-    url = sec.str("url", required=True)
-    if url:
-        try:
-            if api_url(url).scheme == "ws":
-                sec.problem("url", PLAIN_WS_REFUSAL)
-        except ValueError as exc:
-            sec.problem("url", str(exc))
-    api_key = sec.secret("api_key") or Secret("")
-    tls = sec.tls()
-    datasets = parse_dataset_filter(sec)
-    timezone = sec.timezone("timezone", "")
-    return TrueNASConfig(
-        name=base.name,
-        kind=base.kind,
-        interval=base.interval,
-        timeout=base.timeout,
-        jitter=base.jitter,
-        url=url,
-        username=sec.str("username", ""),
-        api_key=api_key,
-        verify_tls=tls.verify,
-        ca_file=tls.ca_file,
-        include=datasets.include,
-        exclude=datasets.exclude,
-        cron_timezone=timezone,
-        cloudsync_grace=MappingProxyType(_graces(sec.section("cloudsync_grace"))),
-        scrub_grace=sec.duration("scrub_grace", 86400.0),
-    )
+SPEC = KindSpec(
+    config=TrueNASConfig,
+    evidence=TrueNASEvidence,
+    source="exporter.sources.truenas.source:TrueNASSource",
+)

@@ -48,7 +48,6 @@ from prometheus_client.core import Metric
 from yarl import URL
 
 from exporter.core.config import (
-    KindSpec,
     TLSConfig,
     zone_or_none,
 )
@@ -57,6 +56,7 @@ from exporter.schedule.expressions import Schedule, ScheduleError, parse_schedul
 from exporter.schedule.jobs import Evidence, JobSpec
 from exporter.schedule.threshold import ThresholdSchedule
 from exporter.sources.base import FetchContext, FetchError, Source
+from exporter.sources.truenas import KIND
 from exporter.sources.truenas.client import (
     PLAIN_WS_REFUSAL,
     ApiClient,
@@ -65,7 +65,8 @@ from exporter.sources.truenas.client import (
     TrueNASRestClient,
     api_url,
 )
-from exporter.sources.truenas.config import TrueNASConfig, parse
+from exporter.sources.truenas.config import SPEC as SPEC  # noqa: PLC0414 - re-export
+from exporter.sources.truenas.config import TrueNASConfig
 from exporter.sources.truenas.model import CloudSyncTask, PoolScrub, TrueNASSnapshot
 from exporter.sources.truenas.parse import (
     detect_version,
@@ -83,7 +84,6 @@ from exporter.storage.models import DatasetFilter, SmartDevice
 
 log = logging.getLogger(__name__)
 
-KIND = "truenas"
 
 _DATASET_PROPERTIES = ["used", "available", "quota", "referenced", "creation"]
 
@@ -311,6 +311,3 @@ class TrueNASSource(Source[TrueNASConfig, TrueNASSnapshot]):
             pools=snapshot.pools,
             devices=snapshot.smart or (),
         )
-
-
-SPEC = KindSpec(parse=parse, build=TrueNASSource, default_interval=600.0, default_timeout=60.0)

@@ -32,10 +32,11 @@ from zoneinfo import ZoneInfo
 from prometheus_client.core import Metric
 
 from exporter.core.command import run_command
-from exporter.core.config import KindSpec, Section, SourceConfig, SourceConfigBase
 from exporter.schedule.jobs import Evidence
 from exporter.sources.base import FetchContext, FetchError, Source
-from exporter.storage.config import parse_dataset_filter
+from exporter.sources.zfs import KIND
+from exporter.sources.zfs.config import SPEC as SPEC  # noqa: PLC0414 - re-export
+from exporter.sources.zfs.config import ZfsConfig
 from exporter.storage.evidence import storage_evidence
 from exporter.storage.models import DatasetFilter, DatasetInfo, PoolInfo
 from exporter.storage.render import render_datasets, render_pools
@@ -49,21 +50,9 @@ from exporter.storage.zfs import (
     parse_zpool_status_text,
 )
 
-KIND = "zfs"
 #: OpenZFS release that added ``-j`` to ``zfs list`` and ``zpool status``.
 JSON_SINCE = (2, 3)
 _TYPES = "filesystem,volume,snapshot"
-
-
-@dataclass(frozen=True, kw_only=True)
-class ZfsConfig(SourceConfig):
-    """The ``kind: zfs`` keys."""
-
-    command_prefix: tuple[str, ...] = ()
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    json: str = "auto"  # auto | true | false
-    timezone: str = "UTC"
 
 
 @dataclass(frozen=True)
@@ -73,37 +62,6 @@ class ZfsSnapshot:
     datasets: tuple[DatasetInfo, ...]
     pools: tuple[PoolInfo, ...]
     json: bool
-
-
-def parse_json_mode(sec: Section) -> str:
-    """Read ``json:`` as ``auto``, ``true`` or ``false`` (YAML booleans or strings)."""
-    if not sec.has("json"):
-        return "auto"
-    raw = sec.data["json"]
-    if isinstance(raw, bool):
-        return "true" if raw else "false"
-    if isinstance(raw, str) and raw.lower() in ("auto", "true", "false"):
-        return raw.lower()
-    sec.problem("json", f"must be auto, true or false, got {raw!r}")
-    return "auto"
-
-
-def parse(sec: Section, base: SourceConfigBase) -> ZfsConfig:
-    """Read the ``kind: zfs`` keys."""
-    datasets = parse_dataset_filter(sec)
-    timezone = sec.timezone("timezone", "UTC")
-    return ZfsConfig(
-        name=base.name,
-        kind=base.kind,
-        interval=base.interval,
-        timeout=base.timeout,
-        jitter=base.jitter,
-        command_prefix=sec.str_list("command_prefix"),
-        include=datasets.include,
-        exclude=datasets.exclude,
-        json=parse_json_mode(sec),
-        timezone=timezone,
-    )
 
 
 class ZfsSource(Source[ZfsConfig, ZfsSnapshot]):
@@ -194,6 +152,3 @@ def _load_json(text: str, what: str) -> dict[str, object]:
     if not isinstance(doc, dict):
         raise FetchError("parse", f"{what} printed JSON that is not an object")
     return doc
-
-
-SPEC = KindSpec(parse=parse, build=ZfsSource, default_interval=300.0, default_timeout=30.0)
