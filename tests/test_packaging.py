@@ -72,7 +72,7 @@ def test_the_runtime_never_imports_the_simulator_or_the_extras() -> None:
     doc = json.loads(proc.stdout)
     imported = set(doc["imported"])
     assert {f"exporter.sources.{kind}.source" for kind in KIND_NAMES} <= imported
-    assert {"exporter.core.cli", "exporter.core.app", "exporter.storage.model"} <= imported
+    assert {"exporter.core.cli", "exporter.core.app", "exporter.storage.models"} <= imported
     bad = [
         name
         for name in doc["loaded"]
