@@ -9,8 +9,10 @@ Cost and memory:
 
 * A bucket is re-listed only when its own ``interval`` (default 6h) has elapsed; the source
   ``interval`` (default 1h) is only how often the poller wakes up, so a bucket interval
-  shorter than it acts as the source interval. The last result of every bucket is kept in
-  the source object and copied into each new (frozen) snapshot.
+  shorter than it acts as the source interval. The last result of every bucket (aggregates,
+  listing time, restore check) is kept in the source's durable memory
+  (:mod:`exporter.buckets.memory`) and copied into each new (frozen) snapshot, so a restart
+  lists no bucket and repeats no restore check before its interval.
 * Listing aggregates page by page: memory is O(prefixes), never O(objects)
   (``bench/bucket_memory.py`` measures it).
 * The restore check picks its sample while the listing streams (reservoir sampling, one
@@ -57,6 +59,7 @@ from exporter.buckets.config import (
     RestoreCheckConfig,
 )
 from exporter.buckets.listing import PrefixAggregate, ReservoirSampler
+from exporter.buckets.memory import BucketMemory, buckets, decode, encode
 from exporter.buckets.model import (
     BucketsSnapshot,
     BucketState,
@@ -110,17 +113,6 @@ R = TypeVar("R")
 C = TypeVar("C", bound=BucketSourceConfig)
 
 
-@dataclass
-class _BucketMemory:
-    """What the source remembers between polls about one bucket (mutable, private)."""
-
-    listed_from: float  # poll start of the last listing: when the next one is due
-    prefixes: tuple[PrefixStats, ...]
-    restore: RestoreResult | None = None
-    restore_last_success: float | None = None
-    restore_due_at: float = 0.0
-
-
 class BucketSource(Source[C, BucketsSnapshot]):
     """The bucket poll loop shared by ``b2`` and ``s3``; kinds supply the blocking calls."""
 
@@ -128,7 +120,6 @@ class BucketSource(Source[C, BucketsSnapshot]):
         super().__init__(config)
         # The sample choice needs no cryptographic randomness; tests inject a seeded rng.
         self._rng = rng or random.Random()  # noqa: S311
-        self._memory: dict[str, _BucketMemory] = {}
 
     # -- what a kind implements (blocking; run in the worker thread)
 
@@ -183,29 +174,49 @@ class BucketSource(Source[C, BucketsSnapshot]):
         """List every bucket that is due, run due restore checks, snapshot all buckets."""
         call = BlockingCall(ctx, asyncio.get_running_loop())
         started = ctx.clock.time()
-        due = [b for b in self.config.buckets if self._listing_due(b, started)]
+        stored = buckets(ctx.memory)
+        for name in set(stored) - {b.name for b in self.config.buckets}:
+            del stored[name]  # no longer configured
+        memory: dict[str, BucketMemory] = {}
+        for bucket in self.config.buckets:
+            if (mem := _recall(bucket, stored.get(bucket.name))) is not None:
+                memory[bucket.name] = mem
+        due = [b for b in self.config.buckets if self._listing_due(b, started, memory)]
         if due:
             await self._blocking(ctx, call, self.prepare)
         failures: list[tuple[str, FetchError]] = []
         for bucket in due:
             try:
-                await self._refresh(ctx, call, bucket, started)
+                new = await self._refresh(ctx, call, bucket, started, memory.get(bucket.name))
             except FetchError as exc:
                 failures.append((bucket.name, exc))
+            else:
+                memory[bucket.name] = new
+                stored[bucket.name] = encode(new)
         if failures:
             reason = failures[0][1].reason
             message = "; ".join(f"bucket {name!r}: {exc.message}" for name, exc in failures)
             raise FetchError(reason, message)
-        return self.snapshot()
+        return self.snapshot(memory)
 
-    def _listing_due(self, bucket: BucketConfig, now: float) -> bool:
-        mem = self._memory.get(bucket.name)
-        return mem is None or now - mem.listed_from >= bucket.interval
+    def _listing_due(
+        self, bucket: BucketConfig, now: float, memory: Mapping[str, BucketMemory]
+    ) -> bool:
+        mem = memory.get(bucket.name)
+        if mem is None or tuple(p.prefix for p in mem.prefixes) != bucket.prefixes:
+            return True
+        # The poller wakes once per source interval, so that is the shortest one in effect;
+        # it also keeps a restart shortly after a listing from listing again.
+        return now - mem.listed_from >= max(bucket.interval, self.config.interval)
 
     async def _refresh(
-        self, ctx: FetchContext, call: BlockingCall, bucket: BucketConfig, started: float
-    ) -> None:
-        mem = self._memory.get(bucket.name)
+        self,
+        ctx: FetchContext,
+        call: BlockingCall,
+        bucket: BucketConfig,
+        started: float,
+        mem: BucketMemory | None,
+    ) -> BucketMemory:
         check = bucket.restore_check
         restore_due = check is not None and (mem is None or started >= mem.restore_due_at)
         sampler = None
@@ -216,7 +227,7 @@ class BucketSource(Source[C, BucketsSnapshot]):
             agg = PrefixAggregate()
             await self._blocking(ctx, call, self.list_prefix, bucket, prefix, agg, sampler)
             stats.append(agg.result(prefix, ctx.clock.time()))
-        new = _BucketMemory(listed_from=started, prefixes=tuple(stats))
+        new = BucketMemory(listed_from=started, prefixes=tuple(stats))
         if mem is not None:
             new.restore, new.restore_last_success = mem.restore, mem.restore_last_success
             new.restore_due_at = mem.restore_due_at
@@ -228,7 +239,7 @@ class BucketSource(Source[C, BucketsSnapshot]):
             # A network failure is retried at the next listing; a verdict waits an interval.
             retry_soon = result.result == "download_error"
             new.restore_due_at = started + (bucket.interval if retry_soon else check.interval)
-        self._memory[bucket.name] = new
+        return new
 
     async def _restore_check(
         self,
@@ -286,11 +297,11 @@ class BucketSource(Source[C, BucketsSnapshot]):
             )
         return result
 
-    def snapshot(self) -> BucketsSnapshot:
+    def snapshot(self, memory: Mapping[str, BucketMemory]) -> BucketsSnapshot:
         """Freeze the per-bucket memory into a snapshot (config order)."""
         states = []
         for bucket in self.config.buckets:
-            mem = self._memory.get(bucket.name)
+            mem = memory.get(bucket.name)
             if mem is None:
                 continue
             states.append(
@@ -313,6 +324,14 @@ class BucketSource(Source[C, BucketsSnapshot]):
     def evidence(self, snapshot: BucketsSnapshot, selector: Mapping[str, str]) -> Evidence | None:
         """``{bucket, prefix}`` → the newest object under the prefix (no start is recorded)."""
         return bucket_evidence(snapshot, selector)
+
+
+def _recall(bucket: BucketConfig, raw: object) -> BucketMemory | None:
+    """Decode a bucket's stored memory; a restore state outlives no removed ``restore_check``."""
+    mem = decode(raw)
+    if mem is not None and bucket.restore_check is None:
+        mem.restore, mem.restore_last_success, mem.restore_due_at = None, None, 0.0
+    return mem
 
 
 def _keep(path: Path, data: bytes) -> None:

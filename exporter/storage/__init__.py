@@ -7,5 +7,6 @@ backend produced them. The parsers of the local command line tools live in :mod:
 (``zfs list``, ``zpool status``) and :mod:`.smartctl` (``smartctl --json``); they are pure
 functions of the command output (plus ``now`` / a time zone where the output needs it).
 :mod:`.evidence` resolves job evidence from the models; :mod:`.config` reads the
-``datasets:`` filter.
+``datasets:`` filter; :mod:`.selftest_pins` keeps each SMART self-test's time, once
+estimated, in the kind's memory across polls and restarts.
 """

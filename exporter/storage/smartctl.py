@@ -1,7 +1,8 @@
 """Parser of ``smartctl --json`` documents into :class:`~exporter.storage.models.SmartDevice`.
 
 A pure function of the document plus ``now`` (self-test times are estimated from power-on
-hours), plus the exit status helpers.
+hours) and, optionally, the times pinned when the entries were first seen
+(:mod:`exporter.storage.selftest_pins`), plus the exit status helpers.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from exporter.storage.models import SELFTEST_KINDS, SelfTestResult, SmartDevice
+from exporter.storage.selftest_pins import DiskPins, entry_key
 from exporter.storage.values import as_dict, as_int, as_num, as_str
 
 # Explanations of the exit status bits, bit 0 first, parallel to models.EXIT_STATUS_FLAGS.
@@ -114,7 +116,7 @@ def _collect_selftests(
 
 
 def _ata_selftests(
-    doc: Mapping[str, object], power_on_hours: int | None, now: float
+    doc: Mapping[str, object], power_on_hours: int | None, now: float, pins: DiskPins
 ) -> tuple[tuple[SelfTestResult, ...], bool]:
     log = as_dict(doc.get("ata_smart_self_test_log"))
     # -x reads the GP log ("extended", more entries); -a the SMART log ("standard").
@@ -146,12 +148,17 @@ def _ata_selftests(
         if lifetime is not None and power_on_hours is not None:
             age = ata_selftest_age_hours(power_on_hours, lifetime)
             ts = None if age is None else now - age * 3600.0
-        entries.append((kind, ts, passed, as_str(status.get("string"))))
+        key = None
+        if lifetime is not None:
+            key = entry_key(
+                kind, lifetime, as_str(status.get("string")) if value is None else value
+            )
+        entries.append((kind, pins.pin(key, ts), passed, as_str(status.get("string"))))
     return _collect_selftests(entries), running
 
 
 def _nvme_selftests(
-    doc: Mapping[str, object], power_on_hours: int | None, now: float
+    doc: Mapping[str, object], power_on_hours: int | None, now: float, pins: DiskPins
 ) -> tuple[tuple[SelfTestResult, ...], bool, float | None]:
     log = as_dict(doc.get("nvme_self_test_log"))
     current = as_int(as_dict(log.get("current_self_test_operation")).get("value"))
@@ -179,7 +186,8 @@ def _nvme_selftests(
         if entry_hours is not None and power_on_hours is not None:
             # NVMe logs the full power-on hour counter: no wrap, only clock skew to clamp.
             ts = now - max(power_on_hours - entry_hours, 0) * 3600.0
-        entries.append((kind, ts, passed, as_str(result.get("string"))))
+        key = None if entry_hours is None else entry_key(kind, entry_hours, value)
+        entries.append((kind, pins.pin(key, ts), passed, as_str(result.get("string"))))
     return _collect_selftests(entries), running, remaining
 
 
@@ -218,13 +226,19 @@ def is_standby_response(doc: Mapping[str, object]) -> bool:
 
 
 def parse_smartctl_json(
-    doc: Mapping[str, object], *, now: float, device: str | None = None
+    doc: Mapping[str, object],
+    *,
+    now: float,
+    device: str | None = None,
+    pins: DiskPins | None = None,
 ) -> SmartDevice:
     """Turn one ``smartctl --json`` document (any exit status) into a :class:`SmartDevice`.
 
     ``device`` is the name the caller asked for and becomes the label; without it the
     document's ``device.name`` is used. Self-test times are estimated from power-on
-    hours (see :func:`ata_selftest_age_hours`), so they have a resolution of one hour.
+    hours (see :func:`ata_selftest_age_hours`), so they have a resolution of one hour;
+    with ``pins`` an entry seen before keeps the time it was given then, and every timed
+    entry read is recorded in ``pins.pinned``.
     """
     info = as_dict(doc.get("device"))
     argv = as_dict(doc.get("smartctl")).get("argv")
@@ -270,7 +284,8 @@ def parse_smartctl_json(
         # SCSI/SAS: the grown defect list counts reallocated blocks.
         reallocated = as_int(doc.get("scsi_grown_defect_list"))
 
-    selftests, running = _ata_selftests(doc, hours, now)
+    pins = pins if pins is not None else DiskPins({})
+    selftests, running = _ata_selftests(doc, hours, now, pins)
     remaining: float | None = None
     current = as_dict(as_dict(doc.get("ata_smart_data")).get("self_test"))
     if current:
@@ -281,7 +296,7 @@ def parse_smartctl_json(
             remaining = as_num(cur_status.get("remaining_percent"))
     nvme_running = False
     if "nvme_self_test_log" in doc:
-        nvme_tests, nvme_running, nvme_remaining = _nvme_selftests(doc, hours, now)
+        nvme_tests, nvme_running, nvme_remaining = _nvme_selftests(doc, hours, now, pins)
         selftests = selftests or nvme_tests
         remaining = remaining if remaining is not None else nvme_remaining
     # Only claim "not running" when smartctl reported the current self-test state.

@@ -15,6 +15,10 @@ With ``nocheck: standby`` (default) a sleeping disk is not woken up: smartctl ex
 with status 2 and "Device is in STANDBY mode". That disk keeps the values of its
 previous successful read, flagged by ``backup_smart_standby 1``.
 
+A self-test's time is estimated from power-on hours the first time its log entry is seen
+and then kept in the source's memory, across polls and restarts
+(:mod:`exporter.storage.selftest_pins`).
+
 Sample exposition::
 
     # HELP backup_smart_healthy 1 when the SMART overall-health self-assessment passed.
@@ -43,6 +47,7 @@ from exporter.sources.smartctl.config import SPEC as SPEC  # noqa: PLC0414 - re-
 from exporter.storage.evidence import selftest_evidence
 from exporter.storage.models import SELFTEST_KINDS, SmartDevice
 from exporter.storage.render import render_smart
+from exporter.storage.selftest_pins import SelfTestPins, smartctl_identity
 from exporter.storage.smartctl import parse_smartctl_json
 
 log = logging.getLogger(__name__)
@@ -119,7 +124,9 @@ class SmartctlSource(Source[SmartctlConfig, SmartSnapshot]):
             )
         return parse_scan(doc)
 
-    async def _read(self, ctx: FetchContext, dev: DeviceSpec, now: float) -> SmartDevice:
+    async def _read(
+        self, ctx: FetchContext, dev: DeviceSpec, now: float, pins: SelfTestPins
+    ) -> SmartDevice:
         ctx.count_request()
         try:
             result = await run_command(
@@ -141,7 +148,9 @@ class SmartctlSource(Source[SmartctlConfig, SmartSnapshot]):
                 error_reason="parse",
                 exit_status=result.returncode,
             )
-        parsed = parse_smartctl_json(doc, now=now, device=dev.name)
+        identity = smartctl_identity(doc, dev.name)
+        disk = pins.disk(identity)
+        parsed = parse_smartctl_json(doc, now=now, device=dev.name, pins=disk)
         if parsed.standby:
             previous = self._last.get(dev.name)
             if previous is not None:
@@ -151,6 +160,7 @@ class SmartctlSource(Source[SmartctlConfig, SmartSnapshot]):
             return replace(parsed, exit_status=None)
         if parsed.error is None:
             self._last[dev.name] = parsed
+            pins.commit(identity, disk)
         return parsed
 
     async def fetch(self, ctx: FetchContext) -> SmartSnapshot:
@@ -158,9 +168,11 @@ class SmartctlSource(Source[SmartctlConfig, SmartSnapshot]):
         specs = self.config.devices or await self._scan(ctx)
         if not specs:
             raise FetchError("config", "smartctl --scan found no devices; list them under devices:")
+        pins = SelfTestPins(ctx.memory, ctx.clock.time())
         devices: list[SmartDevice] = []
         for spec in specs:
-            devices.append(await self._read(ctx, spec, ctx.clock.time()))
+            devices.append(await self._read(ctx, spec, ctx.clock.time(), pins))
+        pins.forget_stale()
         failed = [d for d in devices if d.error is not None]
         for dev in failed:
             log.debug("source=%s device=%s unreadable: %s", self.name, dev.device, dev.error)

@@ -21,6 +21,8 @@ from exporter.storage.models import (
     SelfTestResult,
     SmartDevice,
 )
+from exporter.storage.selftest_pins import DiskPins, SelfTestPins, disk_identity, entry_key
+from exporter.storage.values import as_int
 
 #: Oldest and newest (exclusive) supported releases, as (major, minor).
 SUPPORTED_FROM = (24, 10)
@@ -345,10 +347,14 @@ def _selftest_kind(description: str) -> str | None:
     return None
 
 
-def parse_smart_results(result: Any, now: float) -> list[SmartDevice]:
+def parse_smart_results(
+    result: Any, now: float, pins: SelfTestPins | None = None
+) -> list[SmartDevice]:
     """Parse ``smart.test.results`` (≤25.04): the newest short/long self-test per disk.
 
     Times come from ``power_on_hours_ago`` (25.04.1+); without it a test has no timestamp.
+    With ``pins`` a test keeps the time it was given when first seen (keyed by the disk's
+    device path and the entry's ``lifetime``/``power_on_hours`` stamp and status).
     """
     devices: list[SmartDevice] = []
     for raw in _list(result, "result"):
@@ -356,30 +362,40 @@ def parse_smart_results(result: Any, now: float) -> list[SmartDevice]:
         disk = _text(entry.get("disk"))
         if not disk:
             raise _ShapeError("a SMART result has no disk")
+        device = disk if disk.startswith("/dev/") else f"/dev/{disk}"
         tests = [_dict(t, "test") for t in _list(entry.get("tests") or [], "tests")]
         # smartctl logs newest first (ATA num 1, NVMe num 0); sort by num to be sure.
         tests.sort(key=lambda t: t["num"] if isinstance(t.get("num"), int) else 1 << 30)
+        identity = disk_identity(device=device)
+        disk_pins = pins.disk(identity) if pins is not None else DiskPins({})
+        times = [_test_time(t, now, disk_pins) for t in tests]
+        if pins is not None:
+            pins.commit(identity, disk_pins)
         results: list[SelfTestResult] = []
         for kind in ("short", "long"):
-            mine = [t for t in tests if _selftest_kind(_text(t.get("description"))) == kind]
+            mine = [
+                (t, ts)
+                for t, ts in zip(tests, times, strict=True)
+                if _selftest_kind(_text(t.get("description"))) == kind
+            ]
             if not mine:
                 continue
-            newest = mine[0]
-            success = next((t for t in mine if t.get("status") == "SUCCESS"), None)
+            newest, newest_at = mine[0]
+            success = next((ts for t, ts in mine if t.get("status") == "SUCCESS"), None)
             status = _text(newest.get("status"))
             results.append(
                 SelfTestResult(
                     test=kind,
-                    last_timestamp=_hours_ago(newest, now),
+                    last_timestamp=newest_at,
                     passed={"SUCCESS": True, "FAILED": False}.get(status),
                     status=_text(newest.get("status_verbose")) or status,
-                    last_success=None if success is None else _hours_ago(success, now),
+                    last_success=success,
                 )
             )
         current = entry.get("current_test", None)
         devices.append(
             SmartDevice(
-                device=disk if disk.startswith("/dev/") else f"/dev/{disk}",
+                device=device,
                 selftests=tuple(results),
                 selftest_running=None if "current_test" not in entry else current is not None,
             )
@@ -392,3 +408,15 @@ def _hours_ago(test: dict[str, Any], now: float) -> float | None:
     if isinstance(hours, (int, float)) and not isinstance(hours, bool):
         return now - float(hours) * 3600
     return None
+
+
+def _test_time(test: dict[str, Any], now: float, pins: DiskPins) -> float | None:
+    """Return one logged test's time: pinned when first seen, from ``power_on_hours_ago``."""
+    kind = _selftest_kind(_text(test.get("description")))
+    stamp = as_int(test.get("lifetime"))  # ATA; NVMe logs the full power-on hours
+    if stamp is None:
+        stamp = as_int(test.get("power_on_hours"))
+    key = None
+    if kind is not None and stamp is not None:
+        key = entry_key(kind, stamp, _text(test.get("status")))
+    return pins.pin(key, _hours_ago(test, now))

@@ -30,8 +30,10 @@ One poll opens one connection, logs in with an API key and makes these read-only
   threshold rule of :mod:`exporter.schedule.threshold` from the last completed scrub's start.
 
 A cloud-sync task's ``job`` holds only its *last* run, so the source remembers, per task id,
-the newest success and failure it has seen across polls (lost on restart). The same holds for
-a pool's last completed scrub, which a later resilver or canceled scrub would hide.
+the newest success and failure it has seen across polls, in its durable memory
+(:attr:`FetchContext.memory`, kept across restarts). The same holds for a pool's last
+completed scrub, which a later resilver or canceled scrub would hide, and for the time of
+each SMART self-test, pinned when first seen (:mod:`exporter.storage.selftest_pins`).
 
 The answers are parsed by :mod:`.parse` into :mod:`.model` and rendered by :mod:`.render`.
 """
@@ -43,6 +45,7 @@ import logging
 import re
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from prometheus_client.core import Metric
 from yarl import URL
@@ -81,6 +84,7 @@ from exporter.sources.truenas.parse import (
 from exporter.sources.truenas.render import render_snapshot
 from exporter.storage.evidence import storage_evidence
 from exporter.storage.models import DatasetFilter, SmartDevice
+from exporter.storage.selftest_pins import SelfTestPins
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +94,40 @@ _DATASET_PROPERTIES = ["used", "available", "quota", "referenced", "creation"]
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+# Memory keys (JSON-safe): {pool: [start, end]} of each pool's last completed scrub, and
+# {task id: [newest success, newest failure]} (Unix seconds or null) of each cloud-sync task.
+_SCRUBS = "scrubs"
+_CLOUDSYNC = "cloudsync"
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def remembered_scrubs(memory: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """Each pool's last completed scrub (start, end) from the memory; junk is skipped."""
+    raw = memory.get(_SCRUBS)
+    out: dict[str, tuple[float, float]] = {}
+    for pool, pair in raw.items() if isinstance(raw, dict) else ():
+        if isinstance(pair, list) and len(pair) == 2:
+            start, end = _number(pair[0]), _number(pair[1])
+            if start is not None and end is not None:
+                out[str(pool)] = (start, end)
+    return out
+
+
+def remembered_cloudsync(memory: dict[str, Any]) -> dict[int, tuple[float | None, float | None]]:
+    """Each cloud-sync task's newest success and failure from the memory; junk is skipped."""
+    raw = memory.get(_CLOUDSYNC)
+    out: dict[int, tuple[float | None, float | None]] = {}
+    for task_id, pair in raw.items() if isinstance(raw, dict) else ():
+        if isinstance(pair, list) and len(pair) == 2 and str(task_id).lstrip("-").isdigit():
+            out[int(task_id)] = (_number(pair[0]), _number(pair[1]))
+    return out
 
 
 def _schedule_interval(schedule: Schedule, at: datetime) -> float:
@@ -110,10 +148,6 @@ class TrueNASSource(Source[TrueNASConfig, TrueNASSnapshot]):
         super().__init__(config)
         self.filter = DatasetFilter(config.include, config.exclude)
         self._ssl = ClientSSL(TLSConfig(verify=config.verify_tls, ca_file=config.ca_file))
-        # What a task's single `job` field forgets: newest success/failure per task id,
-        # and each pool's last completed scrub (start, end).
-        self._cloud_memory: dict[int, tuple[float | None, float | None]] = {}
-        self._scrub_memory: dict[str, tuple[float, float]] = {}
 
     async def fetch(self, ctx: FetchContext) -> TrueNASSnapshot:
         """Log in, read everything, fold it into a snapshot and update the memories."""
@@ -135,7 +169,7 @@ class TrueNASSource(Source[TrueNASConfig, TrueNASSnapshot]):
                 "pool.query", [], {"select": ["name", "status", "healthy", "scan"]}
             )
             with parsing("pool.query"):
-                pools, scrubs = parse_pools(raw, self._scrub_memory)
+                pools, scrubs = parse_pools(raw, remembered_scrubs(ctx.memory))
 
             raw = await client.call(
                 "pool.dataset.query",
@@ -168,8 +202,10 @@ class TrueNASSource(Source[TrueNASConfig, TrueNASSnapshot]):
             smart: list[SmartDevice] | None = None
             if profile.smart_method is not None:
                 raw = await client.call(profile.smart_method, [], {})
+                pins = SelfTestPins(ctx.memory, now)
                 with parsing(profile.smart_method):
-                    smart = parse_smart_results(raw, now)
+                    smart = parse_smart_results(raw, now, pins)
+                pins.forget_stale()
 
             raw = await client.call("pool.scrub.query", [], {})
             with parsing("pool.scrub.query"):
@@ -177,15 +213,20 @@ class TrueNASSource(Source[TrueNASConfig, TrueNASSnapshot]):
 
             raw = await client.call("cloudsync.query", [], {})
             with parsing("cloudsync.query"):
-                cloudsync = parse_cloudsync(raw, self._cloud_memory)
+                cloudsync = parse_cloudsync(raw, remembered_cloudsync(ctx.memory))
         finally:
             await client.close()
 
-        for task in cloudsync:
-            self._cloud_memory[task.id] = (task.last_success, task.last_failure)
-        for scrub in scrubs:
-            if scrub.completed_start is not None and scrub.completed_end is not None:
-                self._scrub_memory[scrub.pool] = (scrub.completed_start, scrub.completed_end)
+        # What a task's single `job` field and a pool's last scan forget; only what TrueNAS
+        # still lists is kept, so the memory stays bounded.
+        ctx.memory[_CLOUDSYNC] = {
+            str(task.id): [task.last_success, task.last_failure] for task in cloudsync
+        }
+        ctx.memory[_SCRUBS] = {
+            scrub.pool: [scrub.completed_start, scrub.completed_end]
+            for scrub in scrubs
+            if scrub.completed_start is not None and scrub.completed_end is not None
+        }
         return TrueNASSnapshot(
             version=profile.version,
             fetched_at=now,
