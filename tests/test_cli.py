@@ -38,6 +38,7 @@ def write_config(tmp_path: Path, fake: FakePVE, secret: str) -> Path:
     (tmp_path / "pve.secret").write_text(secret + "\n")
     cfg = {
         "timezone": "Europe/Berlin",
+        "state_path": "state.db",
         "sources": {
             "pve1": {
                 "kind": "proxmox",
@@ -234,3 +235,6 @@ async def test_serve_hides_the_secret_and_stops_on_sigterm(tmp_path: Path, fake:
     assert '"msg": "shutting down"' in logs
     for text in (*pages, logs, out.decode()):
         assert CANARY not in text
+    db = tmp_path / "state.db"
+    assert db.is_file(), "serve keeps its state where state_path says"
+    assert CANARY.encode() not in b"".join(p.read_bytes() for p in tmp_path.glob("state.db*"))

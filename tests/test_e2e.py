@@ -32,6 +32,7 @@ from test_dashboards import load_generator
 from exporter.core.app import create_app
 from exporter.core.clock import SystemClock
 from exporter.core.poller import Poller
+from exporter.core.state import StateKeeper
 from exporter.sim.homelab import Homelab, start_homelab
 from exporter.sim.stack import (
     Daemon,
@@ -119,9 +120,10 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
     runners: list[web.AppRunner] = []
     daemons: list[Daemon] = []
     try:
-        pollers = lab.pollers()
+        keeper = StateKeeper(work / "state.db")
+        pollers = lab.pollers(keeper)
         exporter_port = free_port()
-        app = create_app(lab.config, clock=clock, pollers=pollers)
+        app = create_app(lab.config, clock=clock, pollers=pollers, keeper=keeper)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", exporter_port).start()

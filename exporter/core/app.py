@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import html
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
@@ -17,11 +18,12 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from exporter import __version__
 from exporter.core.clock import Clock, SystemClock
 from exporter.core.collector import SnapshotCollector
-from exporter.core.config import Config
+from exporter.core.config import Config, SourceConfig
 from exporter.core.poller import Poller
 from exporter.core.state import StateKeeper
 from exporter.schedule.jobs import JobStatus
 from exporter.sources import build_source
+from exporter.sources.base import Source
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +37,22 @@ KEEPER = web.AppKey("keeper", StateKeeper)
 
 
 def build_pollers(
-    config: Config, *, clock: Clock, keeper: StateKeeper | None = None
+    config: Config,
+    *,
+    clock: Clock,
+    keeper: StateKeeper | None = None,
+    factory: Callable[[SourceConfig], Source[Any, Any]] = build_source,
 ) -> list[Poller]:
-    """Create one poller per configured source (last successes from the loaded state)."""
+    """Create one poller per configured source, with its memory from the loaded state."""
     results = keeper.results if keeper is not None else {}
     memories = keeper.memories if keeper is not None else {}
     return [
         Poller(
-            build_source(cfg),
+            factory(cfg),
             clock=clock,
             last_success=results[cfg.name].taken_at if cfg.name in results else None,
             memory=memories.setdefault(cfg.name, {}) if keeper is not None else None,
+            offline=cfg.offline_windows(config.timezone),
         )
         for cfg in config.sources.values()
     ]

@@ -1,4 +1,8 @@
-"""Command line: ``serve`` (default), ``check-config``, ``once``, ``schedule`` and ``demo``."""
+"""Command line of ``backup-exporter``.
+
+Commands: ``serve`` (default), ``check-config``, ``once``, ``config schema``, ``schedule``,
+``backtest`` and ``demo``.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
@@ -20,6 +25,7 @@ from exporter.core.app import build_pollers, create_app
 from exporter.core.clock import SystemClock
 from exporter.core.collector import SnapshotCollector
 from exporter.core.config import Config, ConfigError, config_schema, load_config
+from exporter.core.state import StateKeeper, default_state_path
 
 log = logging.getLogger("exporter")
 
@@ -98,6 +104,13 @@ def _parser() -> argparse.ArgumentParser:
     sched.add_argument("--tz", default="UTC", help="IANA time zone (default UTC)")
     sched.add_argument("--after", help="ISO 8601 start instant (default now)")
     sched.add_argument("--count", type=int, default=5)
+    back = sub.add_parser(
+        "backtest", parents=[common], help="replay the stored run history at every deadline"
+    )
+    back.add_argument("--config.file", dest="config_file", default=DEFAULT_CONFIG)
+    back.add_argument("--from", dest="since", help="ISO 8601 date or time (default: all history)")
+    back.add_argument("--to", dest="until", help="ISO 8601 date or time (default: now)")
+    back.add_argument("--job", help="one job: its name or source/name/vmid")
     demo = sub.add_parser("demo", parents=[common], help="run the simulated homelab ([demo] extra)")
     demo.add_argument("--workdir", default="demo-data", help="where state and configs go")
     demo.add_argument("--no-stack", action="store_true", help="no Prometheus/Alertmanager")
@@ -118,8 +131,13 @@ def _split_listen(address: str) -> tuple[str | None, int]:
     return (host or None), int(port)
 
 
+def state_path(config: Config) -> Path:
+    """Return the state database of ``config``: ``state_path``, else the systemd/cwd default."""
+    return config.state_path or default_state_path()
+
+
 async def _serve(config: Config, listen: str) -> None:
-    app = create_app(config)
+    app = create_app(config, keeper=StateKeeper(state_path(config)))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, port = _split_listen(listen)
@@ -173,6 +191,41 @@ def _schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def _instant(text: str | None, zone: ZoneInfo, default: float | None) -> float | None:
+    if text is None:
+        return default
+    when = datetime.fromisoformat(text)
+    return (when if when.tzinfo else when.replace(tzinfo=zone)).timestamp()
+
+
+def _backtest(config: Config, args: argparse.Namespace) -> int:
+    from exporter.core.backtest import run_backtest  # noqa: PLC0415
+    from exporter.core.store import StateError  # noqa: PLC0415
+
+    zone = ZoneInfo(config.timezone)
+    try:
+        since = _instant(args.since, zone, None)
+        until = _instant(args.until, zone, datetime.now(UTC).timestamp())
+    except ValueError as exc:
+        print(f"--from/--to: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    assert until is not None
+    path = state_path(config)
+    if not path.is_file():
+        print(f"{path}: no state database yet (run the exporter first)", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        results, text = run_backtest(path, start=since, end=until, job=args.job, zone=zone)
+    except StateError as exc:
+        print(f"{path}: {exc.message}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.job is not None and not results:
+        print(f"--job: no job {args.job!r} in {path}", file=sys.stderr)
+        return EXIT_CONFIG
+    sys.stdout.write(text)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     try:
         from exporter.sim import demo  # noqa: PLC0415 - only with the optional [demo] extra
@@ -212,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = _load(args.config_file)
     if config is None:
         return EXIT_CONFIG
+    if args.command == "backtest":
+        return _backtest(config, args)
     if args.command == "once":
         text, ok = asyncio.run(_once(config))
         sys.stdout.buffer.write(text)

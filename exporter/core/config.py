@@ -37,6 +37,7 @@ from pydantic_core import PydanticCustomError
 from exporter.core.fields import (
     STRICT,
     ConfigError,
+    ConfigPath,
     ConfigSection,
     Duration,
     DurationOrZero,
@@ -151,6 +152,14 @@ def _read_secret(
 
 
 @dataclass(frozen=True, kw_only=True, config=STRICT)
+class OfflineWindowConfig:
+    """One ``offline:`` window: it opens at each start of ``schedule`` and lasts ``duration``."""
+
+    schedule: Text
+    duration: Duration
+
+
+@dataclass(frozen=True, kw_only=True, config=STRICT)
 class SourceConfig(ConfigSection):
     """Settings every source has; each kind subclasses this with its own keys.
 
@@ -165,6 +174,19 @@ class SourceConfig(ConfigSection):
     interval: Duration
     timeout: Duration
     jitter: DurationOrZero = 0.0
+    # When the backend is expected to be off (a NAS powered down at night): failed polls
+    # inside a window are reason ``offline`` and BackupSourceDown stays quiet.
+    offline: tuple[OfflineWindowConfig, ...] = ()
+
+    def offline_windows(self, default_timezone: str) -> tuple[Any, ...]:
+        """Build the :class:`~exporter.schedule.windows.OfflineWindow` of each ``offline:``."""
+        from exporter.schedule.expressions import parse_schedule  # noqa: PLC0415
+        from exporter.schedule.windows import OfflineWindow  # noqa: PLC0415
+
+        zone = str(getattr(self, "timezone", "") or default_timezone or "UTC")
+        return tuple(
+            OfflineWindow(parse_schedule(w.schedule, zone), w.duration) for w in self.offline
+        )
 
     @classmethod
     def prepare(
@@ -185,6 +207,14 @@ class SourceConfig(ConfigSection):
         """Check that the timeout ends before the next poll is due."""
         if self.timeout >= self.interval:
             yield "timeout", "must be shorter than interval"
+        from exporter.schedule.expressions import ScheduleError, parse_schedule  # noqa: PLC0415
+
+        zone = str(getattr(self, "timezone", "") or context.get("timezone") or "UTC")
+        for i, window in enumerate(self.offline):
+            try:
+                parse_schedule(window.schedule, zone)
+            except ScheduleError as exc:
+                yield f"offline.{i}.schedule", str(exc)
 
 
 @dataclass(frozen=True, kw_only=True, config=STRICT)
@@ -229,6 +259,8 @@ class Config:
     """The whole validated configuration."""
 
     timezone: str = "UTC"
+    # The state database; ``None``: ``$STATE_DIRECTORY/state.db`` or ``./state.db`` (serve).
+    state_path: Path | None = None
     sources: Mapping[str, SourceConfig] = field(default_factory=dict)
     jobs: Mapping[str, JobConfig] = field(default_factory=dict)
 
@@ -293,6 +325,7 @@ def _document(specs: tuple[tuple[str, KindSpec], ...]) -> type[BaseModel]:
         "BackupExporterConfig",
         __config__=ConfigDict(extra="forbid", title="backup-exporter configuration"),
         timezone=(Zone, "UTC"),
+        state_path=(ConfigPath | None, None),
         sources=(dict[str, source], {}),
         jobs=(dict[str, JobConfig], {}),
     )
@@ -466,6 +499,7 @@ def parse_config(
     assert parsed is not None
     return Config(
         timezone=getattr(parsed, "timezone", "UTC"),
+        state_path=getattr(parsed, "state_path", None),
         sources=getattr(parsed, "sources", {}),
         jobs=getattr(parsed, "jobs", {}),
     )

@@ -164,6 +164,7 @@ class StateKeeper:
         self.memories: dict[str, dict[str, Any]] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state")
         self._pending: list[Future[object]] = []
+        self._loaded = False
 
     @property
     def enabled(self) -> bool:
@@ -171,9 +172,10 @@ class StateKeeper:
         return self.path is not None
 
     def load(self) -> None:
-        """Open the store and read it into memory (blocking; once, at start-up)."""
-        if self.path is None:
+        """Open the store and read it into memory (blocking; at start-up; once)."""
+        if self.path is None or self._loaded:
             return
+        self._loaded = True
         self._executor.submit(self._load).result()
 
     def _load(self) -> None:

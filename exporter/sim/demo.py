@@ -18,6 +18,7 @@ from aiohttp import web
 
 from exporter.core.app import create_app
 from exporter.core.clock import SystemClock
+from exporter.core.state import StateKeeper
 from exporter.sim.homelab import start_homelab
 from exporter.sim.stack import (
     ALERTS_DIR,
@@ -56,7 +57,9 @@ async def run(workdir: Path, *, with_stack: bool) -> None:
     runners: list[web.AppRunner] = []
     daemons: list[Daemon] = []
     try:
-        app = create_app(lab.config, clock=clock, pollers=lab.pollers())
+        # The demo remembers across restarts, like a real deployment (workdir/state.db).
+        keeper = StateKeeper(workdir / "state.db")
+        app = create_app(lab.config, clock=clock, pollers=lab.pollers(keeper), keeper=keeper)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", EXPORTER_PORT).start()

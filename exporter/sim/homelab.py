@@ -30,9 +30,11 @@ from b2sdk.v3 import B2Api, B2HttpApiConfig, InMemoryAccountInfo, RawSimulator
 from botocore.config import Config as BotoConfig
 from moto.server import ThreadedMotoServer
 
+from exporter.core.app import build_pollers
 from exporter.core.clock import Clock
-from exporter.core.config import Config, parse_config
+from exporter.core.config import Config, SourceConfig, parse_config
 from exporter.core.poller import Poller
+from exporter.core.state import StateKeeper
 from exporter.sim.healthchecks import FakeHealthchecks, start_fake_healthchecks
 from exporter.sim.healthchecks import homelab as healthchecks_homelab
 from exporter.sim.pve import FakePVE, PVEScenario, start_fake_pve
@@ -41,6 +43,7 @@ from exporter.sim.truenas import FakeTrueNAS, TrueNASScenario, start_fake_truena
 from exporter.sim.truenas import homelab as truenas_homelab
 from exporter.sources import build_source
 from exporter.sources.b2.source import B2Source
+from exporter.sources.base import Source
 
 TZ = "Europe/Berlin"
 B2_BUCKET = "homelab-b2"
@@ -101,16 +104,17 @@ class Homelab:
         api.session.raw_api = self.b2_sim
         return api
 
-    def pollers(self) -> list[Poller]:
-        """Build one poller per configured source, the B2 one bound to the simulator."""
-        out = []
-        for cfg in self.config.sources.values():
-            if cfg.kind == "b2":
-                source: Any = B2Source(cfg, api_factory=self.b2_api)  # type: ignore[arg-type]
-            else:
-                source = build_source(cfg)
-            out.append(Poller(source, clock=self.clock))
-        return out
+    def source(self, cfg: SourceConfig) -> Source[Any, Any]:
+        """Build one source, the B2 one bound to the simulator."""
+        if cfg.kind == "b2":
+            return B2Source(cfg, api_factory=self.b2_api)  # type: ignore[arg-type]
+        return build_source(cfg)
+
+    def pollers(self, keeper: StateKeeper | None = None) -> list[Poller]:
+        """Build one poller per configured source (with ``keeper``: memories and windows)."""
+        if keeper is not None:
+            keeper.load()
+        return build_pollers(self.config, clock=self.clock, keeper=keeper, factory=self.source)
 
     async def stop(self) -> None:
         """Stop every fake server."""
