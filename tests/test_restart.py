@@ -152,3 +152,82 @@ async def test_a_corrupt_or_locked_database_is_reported_and_the_exporter_serves(
         await client.close()
     finally:
         await fake.stop()
+
+
+async def test_kill_9_while_polling_and_writing_never_corrupts_or_loses_a_run(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+    import os
+    import random
+    import signal
+    import socket
+    import sys
+
+    import aiohttp
+
+    from exporter.core.store import StateStore
+
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    db = tmp_path / "state.db"
+    (tmp_path / "config.yml").write_text(
+        yaml.safe_dump(
+            {
+                "state_path": str(db),
+                "sources": {
+                    "nas": {
+                        "kind": "files",
+                        "path": str(backups),
+                        "interval": "1s",
+                        "timeout": "900ms",
+                        "jitter": "0s",
+                    }
+                },
+                "jobs": {"dump": {"schedule": "*/5", "grace": "1h", "evidence": {"source": "nas"}}},
+            }
+        )
+    )
+    rng = random.Random(1201)
+    committed: set[float] = set()
+    loop = asyncio.get_running_loop()
+    for round_ in range(20):
+        # A new backup file each round: its mtime becomes a run in the history.
+        newest = backups / f"dump-{round_}.sql"
+        newest.write_text("x")
+        os.utime(newest, (1_780_000_000 + round_ * 600, 1_780_000_000 + round_ * 600))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "exporter", "--config.file", str(tmp_path / "config.yml"),
+            "--web.listen-address", f"127.0.0.1:{port}",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            deadline = loop.time() + 30
+            want = 1_780_000_000.0 + round_ * 600
+            async with aiohttp.ClientSession() as http:
+                while True:  # until this round's run is committed
+                    assert loop.time() < deadline, "the run was never recorded"
+                    if db.exists():
+                        store = StateStore(db)
+                        finished = {r.finished for r in store.runs()}
+                        store.close()
+                        if want in finished:
+                            break
+                    await asyncio.sleep(0.05)
+                # Then kill at a random moment of the next polls and writes.
+                for _ in range(rng.randint(0, 15)):
+                    async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                        assert resp.status == 200
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+        store = StateStore(db)
+        assert store.integrity_check() == "ok"
+        finished = {r.finished for r in store.runs() if r.finished is not None}
+        assert committed <= finished, "a committed run was lost"
+        committed = finished
+        store.close()
+    assert len(committed) == 20

@@ -198,3 +198,21 @@ def test_kill_9_while_writing_never_corrupts_or_loses_a_committed_run(tmp_path: 
         assert committed <= seen
         store.close()
         base += 100_000
+
+
+def test_two_processes_creating_the_database_at_once_migrate_it_once(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    code = textwrap.dedent(
+        """
+        import sys
+        from exporter.core.store import StateStore
+        StateStore(sys.argv[1]).close()
+        """
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(path)], stderr=subprocess.PIPE)
+        for _ in range(4)
+    ]
+    errors = [p.communicate()[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+    assert StateStore(path).schema_version == SCHEMA_VERSION

@@ -212,6 +212,21 @@ def _duration(value: Any) -> float:
     return seconds
 
 
+def _duration_or_zero(value: Any) -> float:
+    if isinstance(value, str) and value.strip() and _zero_duration(value):
+        return 0.0
+    if value == 0 and not isinstance(value, bool):
+        return 0.0
+    return _duration(value)
+
+
+def _zero_duration(text: str) -> bool:
+    try:
+        return parse_duration(text) == 0
+    except ValueError:
+        return False
+
+
 def _size(value: Any) -> int:
     raw = _typed(value, (str, int), "a size")
     try:
@@ -321,7 +336,7 @@ Duration = Annotated[float, BeforeValidator(_duration), WithJsonSchema(_DURATION
 #: Like :data:`Duration`, but 0 is allowed (``jitter: 0`` turns jitter off).
 DurationOrZero = Annotated[
     float,
-    BeforeValidator(lambda v: 0.0 if v == 0 and not isinstance(v, bool) else _duration(v)),
+    BeforeValidator(_duration_or_zero),
     WithJsonSchema(
         {
             "anyOf": [_DURATION_SCHEMA["anyOf"][0], {"type": "number", "minimum": 0}],

@@ -189,10 +189,19 @@ class StateStore:
                 f"{SCHEMA_VERSION}: upgrade the exporter or point state_path elsewhere",
             )
         for target in range(version + 1, SCHEMA_VERSION + 1):
-            # executescript() runs the whole step as one transaction: all of it or none.
-            self._db.executescript(
-                f"BEGIN IMMEDIATE;{MIGRATIONS[target - 1]}PRAGMA user_version={target};COMMIT;"
-            )
+            # One immediate transaction per step, re-checking the version under the lock: two
+            # processes opening a new database at once migrate it once.
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                current = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+                if current < target:
+                    for statement in _statements(MIGRATIONS[target - 1]):
+                        self._db.execute(statement)
+                    self._db.execute(f"PRAGMA user_version={target}")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     @property
     def schema_version(self) -> int:
@@ -342,6 +351,18 @@ class StateStore:
     def close(self) -> None:
         """Close the connection (the WAL is checkpointed by SQLite)."""
         self._db.close()
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a migration script into complete SQL statements."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending.strip()
+            pending = ""
+    if pending.strip():
+        raise ValueError(f"incomplete SQL statement in a migration: {pending.strip()!r}")
 
 
 def _chunks(items: list[str], size: int) -> Iterator[tuple[str, ...]]:
