@@ -1,6 +1,7 @@
 """Parse vzdump archive file names and Proxmox backup volume ids (pure, no I/O).
 
-Two spellings name one backup (api-shapes §1.1, ``pve-storage:src/PVE/Storage.pm:archive_info``):
+Two spellings name one backup (docs/backends.md §1.1,
+``pve-storage:src/PVE/Storage.pm:archive_info``):
 
 * a file on a directory/NFS/CIFS storage,
   ``vzdump-<type>-<vmid>-<YYYY>_<MM>_<DD>-<hh>_<mm>_<ss>.<ext>`` with ``<type>`` in

@@ -28,7 +28,7 @@ from exporter.core.poller import Poller
 from exporter.sources.b2.source import B2Source, _OneTryB2Http, b2_error, production_api
 
 MS = 1000
-# 2026-01-29 21:00:03 UTC, the time of a real vzdump archive name (api-shapes §5).
+# 2026-01-29 21:00:03 UTC, the time of a real vzdump archive name (docs/backends.md §5).
 BASE_MS = 1_769_720_403_000
 NOW = BASE_MS / MS + 40 * 86400  # the exporter runs well after every upload
 PAGE = 1000

@@ -14,7 +14,7 @@ def local_ts(*fields: int, tz: ZoneInfo = BERLIN) -> float:
     return datetime(*fields, tzinfo=tz).timestamp()  # type: ignore[misc]
 
 
-# Every archive extension of Storage.pm's $BACKUP_EXT_RE_2 (api-shapes §1.1).
+# Every archive extension of Storage.pm's $BACKUP_EXT_RE_2 (docs/backends.md §1.1).
 @pytest.mark.parametrize(
     ("ext", "compression"),
     [

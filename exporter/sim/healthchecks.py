@@ -3,7 +3,7 @@
 It serves, over http (or https with a :mod:`exporter.sim.tls` certificate):
 
 * ``GET /api/v3/checks/[?tag=..&tag=..][&slug=..]`` -> ``{"checks": [...]}``, every check shaped
-  as Healthchecks' ``Check.to_dict(v=3)`` (api-shapes §7): the read-write key gets ``uuid``,
+  as Healthchecks' ``Check.to_dict(v=3)`` (docs/backends.md §7): the read-write key gets ``uuid``,
   ``ping_url``, ``update_url``, ``pause_url``, ``resume_url`` and ``channels``; the read-only key
   gets ``unique_key`` instead (sha1 of the first 16 hex digits of the uuid); ``timeout`` for
   simple checks, ``schedule`` + ``tz`` for cron/OnCalendar checks; ``tag`` filters AND;

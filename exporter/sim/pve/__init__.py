@@ -1,6 +1,6 @@
 """A fake Proxmox VE API over HTTPS, with the real shapes and quirks, for tests and the demo.
 
-It serves the endpoints :mod:`exporter.sources.proxmox.api` reads, shaped as api-shapes §1
+It serves the endpoints :mod:`exporter.sources.proxmox.api` reads, shaped as docs/backends.md §1
 describes them: every answer wrapped in ``{"data": ...}``, booleans as ``0``/``1``,
 ``prune-backups`` values as strings, backup volumes sorted alphabetically by volid, ``total``
 beside ``data`` on task lists, a multi-guest vzdump task's ``id`` empty, and, without the

@@ -1,7 +1,7 @@
 """A fake TrueNAS JSON-RPC 2.0 WebSocket API with the real envelopes and quirks (tests, demo).
 
 It serves ``/api/current`` and ``/api/v<release>`` (WebSocket) and ``GET /api/versions`` over
-TLS (or plain ws:// for the refusal test), shaped as api-shapes §2 describes:
+TLS (or plain ws:// for the refusal test), shaped as docs/backends.md §2 describes:
 
 * envelopes ``{"jsonrpc": "2.0", "id", "result" | "error"}``; errors ``-32601`` (method not
   found), ``-32001`` with ``data.errname``/``data.reason`` (call errors, ``ENOTAUTHENTICATED``
@@ -13,7 +13,7 @@ TLS (or plain ws:// for the refusal test), shaped as api-shapes §2 describes:
   ``pool.snapshot.query`` and no ``smart.*`` (``-32601``); both accept ``auth.login_ex``
   (API_KEY_PLAIN) and ``auth.login_with_api_key``;
 * release ``"24.10"``: no JSON-RPC API (the ``/api/current`` handshake and ``/api/versions``
-  answer 404); the same methods as 25.04 over REST ``GET /api/v2.0/<resource>`` (api-shapes
+  answer 404); the same methods as 25.04 over REST ``GET /api/v2.0/<resource>`` (docs/backends.md
   §2.7) with ``Authorization: Bearer <key>`` (401 otherwise), ``extra.<opt>=<json>`` query
   options, 403 for a denied method, 404 for a missing one; SMART tests without
   ``power_on_hours_ago`` (a 25.04.1 addition);

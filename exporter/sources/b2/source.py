@@ -1,13 +1,13 @@
 """Backblaze B2 buckets (``kind: b2``) through b2sdk's ``b2sdk.v3`` API.
 
-``b2sdk.v3`` is the import Backblaze recommends since b2sdk 2.9.1 (api-shapes §5); its
+``b2sdk.v3`` is the import Backblaze recommends since b2sdk 2.9.1 (docs/backends.md §5); its
 ``RawSimulator`` plumbing works the same as v2's, so tests run against the simulator.
 
 Listing uses ``Bucket.ls(path=prefix, recursive=True, latest_only=True, fetch_count=1000)``,
 i.e. ``b2_list_file_names``: only the latest version of each name, hidden names left out,
 exactly what a restore of "the bucket as of now" would see. Entries whose ``action`` is not
 ``upload`` (unfinished large files ``start``, ``folder``) are skipped. ``fetch_count=1000``
-because B2 bills a list call per started 1000 names anyway (api-shapes §5), and smaller
+because B2 bills a list call per started 1000 names anyway (docs/backends.md §5), and smaller
 pages keep memory flat. Prefixes are folders (``""`` or ending in ``/``) because ``ls``
 treats any other path as a file name first; use ``kind: s3`` against B2's S3 endpoint for
 arbitrary string prefixes.
@@ -20,7 +20,7 @@ HTTP retries (5 to 20 attempts with sleeps up to 64 s) are turned off, so one li
 costs at most ``retries + 1`` attempts per page.
 
 Pricing default: **$6 per TB-month** (Backblaze pay-as-you-go, since the 2023-10-03 price
-change; api-shapes §5). Class C calls: 2,500 a day free, then $0.004 per 1,000.
+change; docs/backends.md §5). Class C calls: 2,500 a day free, then $0.004 per 1,000.
 
 Sample exposition (see :mod:`exporter.buckets.render` for every family)::
 

@@ -6,7 +6,7 @@ One poll is one ``GET <url>/api/v3/checks/`` with the ``X-Api-Key`` header (plus
 ``?tag=`` per configured tag; Healthchecks returns the checks that carry *all* of them),
 counted in ``backup_source_api_requests_total``. A read-only API key is enough and
 recommended: its answer lacks ``uuid``/``ping_url``/``update_url``/... and has ``unique_key``
-instead (api-shapes §7), and nothing here needs the uuid. The check label is the check's
+instead (docs/backends.md §7), and nothing here needs the uuid. The check label is the check's
 ``slug``, else its name, else ``unnamed``; repeated labels get ``-2``, ``-3``... in API order.
 
 What the check list can and cannot tell (Healthchecks ``Check.ping``/``get_status``):

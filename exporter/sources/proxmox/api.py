@@ -1,6 +1,6 @@
 """Access to the Proxmox VE API through proxmoxer: one GET per call, every failure a FetchError.
 
-One poll reads (api-shapes §1; 5 + 2 per online node + 1 per backup storage calls)::
+One poll reads (docs/backends.md §1; 5 + 2 per online node + 1 per backup storage calls)::
 
     GET /nodes                                   node list and online status
     GET /cluster/resources?type=vm               guests: vmid, name, node, type, pool, template
@@ -158,7 +158,7 @@ def _http_error(where: str, status: int) -> FetchError:
 def check_backup_visibility(snapshot: ProxmoxSnapshot) -> None:
     """Fail with ``permission`` when tasks report backups that no storage listing shows.
 
-    PVE silently drops backup volumes the token may not access (api-shapes §1.1), so an
+    PVE silently drops backup volumes the token may not access (docs/backends.md §1.1), so an
     empty listing next to successful vzdump tasks means missing privileges, not "no backups".
     """
     if snapshot.archives or not any(t.succeeded for t in snapshot.tasks):

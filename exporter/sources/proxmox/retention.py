@@ -25,7 +25,7 @@ KEEP_KEYS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 def parse_retention(value: Any) -> Retention | None:
     """Parse ``prune-backups`` as an object (jobs) or a property string (storage config).
 
-    ``None`` when absent. Values may be strings (api-shapes §1.0). No keep option set means
+    ``None`` when absent. Values may be strings (docs/backends.md §1.0). No keep option set means
     keep-all, as in PVE. Raises ValueError on malformed input.
     """
     if value is None or value == "":

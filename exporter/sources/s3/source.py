@@ -7,7 +7,7 @@ path-style addressing always, ``connect_timeout``/``read_timeout`` bounded by th
 
 Listing is ``ListObjectsV2`` paginated by hand (``MaxKeys=1000`` and ``ContinuationToken``)
 and aggregated page by page without relying on key order: Storj lists ``/``-terminated
-prefixes in *encrypted* order and returns at most 1,000 keys a page (api-shapes §6).
+prefixes in *encrypted* order and returns at most 1,000 keys a page (docs/backends.md §6).
 On a versioned bucket ``ListObjectsV2`` already returns only current versions, and a key
 whose current version is a delete marker is left out, which is what a restore sees.
 
@@ -25,7 +25,7 @@ Pricing default (``price_per_tb_month``), chosen from the endpoint host:
 
 * ``*storj*``: **$4/TB-month**, Storj's legacy price, which projects created before
   2025-11-01 keep for a year; newer projects pay $6 (Active Archive), $10 (Regional) or
-  $15 (Global) per TB-month since 2025-11-01 (api-shapes §6): set the price explicitly.
+  $15 (Global) per TB-month since 2025-11-01 (docs/backends.md §6): set the price explicitly.
 * ``*backblazeb2.com``: **$6/TB-month** (B2 pay-as-you-go since 2023-10-03).
 * anything else: 0 = unknown, and no cost series is exported.
 

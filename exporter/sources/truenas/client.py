@@ -1,7 +1,7 @@
 """A thin async JSON-RPC 2.0 client for the TrueNAS WebSocket API (``wss://HOST/api/current``).
 
 TrueNAS 25.04 introduced the versioned JSON-RPC 2.0 API over a WebSocket at ``/api/current``
-(api-shapes §2.0); the REST API is deprecated since 25.04 and gone in 26. Every request is an
+(docs/backends.md §2.0); the REST API is deprecated since 25.04 and gone in 26. Every request is an
 envelope ``{"jsonrpc": "2.0", "id": n, "method": ..., "params": [...]}`` answered by
 ``{"id": n, "result": ...}`` or ``{"id": n, "error": {"code", "message", "data"}}`` (§2.1).
 Datetimes arrive in TrueNAS "ejson": ``{"$date": ms}``, ``{"$type": "date", "$value": ...}``,
@@ -20,7 +20,7 @@ Errors become :class:`~exporter.sources.base.FetchError` with a reason:
   the legacy ``/websocket`` and REST).
 
 :class:`TrueNASRestClient` is the second transport behind the same ``call(method, *params)``:
-REST ``https://HOST/api/v2.0`` (api-shapes §2.7), which TrueNAS 24.10 offers instead. A query
+REST ``https://HOST/api/v2.0`` (docs/backends.md §2.7), which TrueNAS 24.10 offers instead. A query
 method maps to a GET of its namespace (``pool.dataset.query`` -> ``/api/v2.0/pool/dataset``,
 ``system.general.config`` -> ``/api/v2.0/system/general``), filters to ``?field=value`` and
 query options to ``limit``/``offset``/``extra.<opt>=<json>`` (24.10's ``restful.py``
@@ -30,7 +30,7 @@ HTTP 401 -> ``auth``, 403 -> ``permission``, 404 -> ``parse`` (endpoint named), 
 ``http``, a body that is not JSON -> ``parse``.
 
 **Plain ws:// is refused for API keys.** TrueNAS revokes an API key that logs in over a
-non-TLS connection and answers ``EXPIRED`` (api-shapes §2.1, "TRAP"), so
+non-TLS connection and answers ``EXPIRED`` (docs/backends.md §2.1, "TRAP"), so
 :meth:`TrueNASClient.login_api_key` raises before sending anything when the URL is ``ws://``
 (and :meth:`TrueNASRestClient.login_api_key` when it is ``http://``).
 Server messages are redacted of the key before they reach an error message.
@@ -394,7 +394,7 @@ _REST_OPS = {"=": "", "!=": "__neq", ">": "__gt", "<": "__lt", ">=": "__gte", "<
 
 
 def rest_query(params: tuple[Any, ...]) -> list[tuple[str, str]]:
-    """Turn ``[filters, options]`` into REST query parameters (api-shapes §2.1).
+    """Turn ``[filters, options]`` into REST query parameters (docs/backends.md §2.1).
 
     Filters ``[field, op, value]`` become ``field[__op]=value``; ``limit``/``offset`` pass
     through; each ``extra`` option becomes ``extra.<opt>=<json>``. ``select``/``order_by`` have

@@ -3,7 +3,7 @@
 It reads datasets, snapshots, pools, scrub tasks, cloud-sync tasks and (up to 25.04) SMART
 results over the WebSocket API at ``wss://HOST/api/current`` (TrueNAS 25.04+). When that
 handshake answers 404 (TrueNAS 24.10 has no JSON-RPC API), it reads the same methods through
-REST ``https://HOST/api/v2.0`` with ``Authorization: Bearer`` (api-shapes §2.7; the bodies are
+REST ``https://HOST/api/v2.0`` with ``Authorization: Bearer`` (docs/backends.md §2.7; the bodies are
 the JSON-RPC results, so the same parsers apply); never over plain http.
 
 One poll opens one connection, logs in with an API key and makes these read-only calls
@@ -18,7 +18,8 @@ One poll opens one connection, logs in with an API key and makes these read-only
 * ``system.general.config`` (only when ``timezone`` is empty) -> the NAS time zone, in which
   TrueNAS evaluates cloud-sync and scrub cron schedules;
 * ``pool.query`` -> pool state and the last scan (only its times, state and error count: the
-  byte counters ``bytes_to_process``/``bytes_processed`` are swapped by py-libzfs, api-shapes §2.4);
+  byte counters ``bytes_to_process``/``bytes_processed`` are swapped by py-libzfs,
+  docs/backends.md §2.4);
 * ``pool.dataset.query`` (flat, properties used/available/quota/referenced/creation), system
   datasets (``.system``, ``ix-applications``, ``ix-apps``, ``.ix-virt``, the boot pool) skipped;
   a pool's root dataset ``creation`` counts as a scrub for the threshold, as in TrueNAS;
