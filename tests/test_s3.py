@@ -422,7 +422,7 @@ async def test_listing_hang_times_out_with_bounded_attempts(
 ) -> None:
     clock = FakeClock(NOW)
     text = config_yaml(
-        proxy.url, prefixes="[docs/]", extra="retries: 1\n    timeout: 1s\n    interval: 1h"
+        proxy.url, prefixes="[docs/]", extra="retries: 1\n    timeout: 3s\n    interval: 1h"
     )
     poller = Poller(make_source(text), clock=clock)
     good = await poller.poll_once()
@@ -444,7 +444,7 @@ async def test_listing_hang_times_out_with_bounded_attempts(
     executor = ThreadPoolExecutor(max_workers=1)
     ctx = FetchContext(clock=clock, executor=executor)
     with pytest.raises(TimeoutError):
-        async with asyncio.timeout(1.0):
+        async with asyncio.timeout(3.0):
             await make_source(text).fetch(ctx)
     await asyncio.to_thread(executor.shutdown, wait=True)
     assert proxy.counts["list"] == 2, "retries: 1 means two attempts, no more"
