@@ -231,3 +231,56 @@ async def test_kill_9_while_polling_and_writing_never_corrupts_or_loses_a_run(
         committed = finished
         store.close()
     assert len(committed) == 20
+
+
+def _job_values(samples: Samples, name: str, vmid: str) -> dict[str, float]:
+    return {
+        dict(labels).get("state", name): value
+        for (metric, labels), value in samples.items()
+        if metric == name
+        and dict(labels).get("vmid") == vmid
+        and dict(labels).get("backup_job") == "backup-infra-daily"
+    }
+
+
+async def test_a_moved_schedule_and_a_guest_picked_up_by_all_raise_nothing(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    berlin = ZoneInfo("Europe/Berlin")
+    clock = FakeClock(start=datetime(2026, 3, 10, 20, 0, tzinfo=berlin).timestamp())
+    scenario = homelab(clock.time)
+    fake = await start_fake_pve(scenario)
+    try:
+        cfg = config(fake)
+        app = create_app(cfg, clock=clock, run_pollers=False, keeper=StateKeeper(tmp_path / "s.db"))
+        client = await aiohttp_client(app)
+        poller = app[POLLERS][0]
+        await poller.poll_once()  # the first poll of a new database: yesterday's run is fine
+        assert _job_values(await scrape(client), "backup_job_overdue", "100") == {
+            "backup_job_overdue": 0
+        }
+        # 20:00: the operator moves the job to 23:00 and makes it back up every guest.
+        job = scenario.job("backup-infra-daily")
+        job.schedule, job.vmid, job.all = "23:00", "", True
+        clock.advance(60)
+        await poller.poll_once()
+        first = await scrape(client)
+        # Judged by today's config alone, yesterday 23:00 + 6 h would be missed already.
+        assert _job_values(first, "backup_job_overdue", "100") == {"backup_job_overdue": 0}
+        states_101 = _job_values(first, "backup_job_state", "101")
+        assert states_101["unknown"] == 1, states_101  # newly covered: nothing due yet
+        assert _job_values(first, "backup_job_overdue", "101") == {"backup_job_overdue": 0}
+        # Through the night: both run at 23:00 and nothing is ever overdue.
+        for _ in range(11 * 4):
+            clock.advance(900)
+            await poller.poll_once()
+            now = await scrape(client)
+            for vmid in ("100", "101"):
+                assert _job_values(now, "backup_job_overdue", vmid) == {"backup_job_overdue": 0}
+        assert _job_values(now, "backup_job_state", "101")["ok"] == 1
+        await client.close()
+    finally:
+        await fake.stop()
