@@ -404,3 +404,30 @@ async def test_a_failed_poll_inside_an_offline_window_is_offline_not_an_error(
         'backup_source_expected_offline{kind="jobs",source="pve1"} 0.0'
         in generate_latest(registry).decode()
     )
+
+
+async def test_runs_seen_while_the_database_is_locked_are_written_later(tmp_path: Path) -> None:
+    import sqlite3
+
+    clock = FakeClock(at(2026, 3, 3, 12, 0))
+    src = source()
+    exp = Exporter(tmp_path / "state.db", clock, src)
+    holder = sqlite3.connect(tmp_path / "state.db", isolation_level=None, timeout=0.1)
+    holder.execute("BEGIN EXCLUSIVE")
+    first, second = at(2026, 3, 2, 21, 30), at(2026, 3, 3, 21, 30)
+    for done in (first, second):  # two runs, each seen only while the database is locked
+        src.jobs_now = [(guest_job("100"), Evidence(last_success=done))]
+        await exp.poller.poll_once()
+        await exp.keeper.flush()
+        clock.advance(DAY)
+    assert exp.keeper.error is not None
+    assert exp.keeper.error.reason == "locked"
+    holder.execute("ROLLBACK")
+    holder.close()
+    await exp.poller.poll_once()
+    await exp.keeper.flush()
+    assert exp.keeper.error is None
+    await exp.stop()
+    store = StateStore(tmp_path / "state.db")
+    assert {r.finished for r in store.runs()} == {first, second}
+    assert any("\x1f100\x1f" in k for k in store.all_first_seen())

@@ -43,6 +43,10 @@ from exporter.schedule.jobs import Evidence, JobSpec, JobStatus, job_key
 log = logging.getLogger(__name__)
 
 
+# Runs kept in memory while the database is unusable (a few days of a large homelab).
+MAX_UNSAVED_RUNS = 100_000
+
+
 def default_state_path() -> Path:
     """``$STATE_DIRECTORY/state.db`` when systemd sets it, else ``./state.db``."""
     directory = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
@@ -165,6 +169,9 @@ class StateKeeper:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state")
         self._pending: list[Future[object]] = []
         self._loaded = False
+        # Touched only in the store thread: what failed writes could not save yet.
+        self._unsaved_runs: list[Run] = []
+        self._unsaved_first_seen: dict[str, float] = {}
 
     @property
     def enabled(self) -> bool:
@@ -235,8 +242,27 @@ class StateKeeper:
         seen = self.first_seen.get(key)
         if seen is None:
             seen = self.first_seen[key] = now
-            self.submit(lambda store: store.first_seen([key], now))
+            self.submit(lambda store: self._save_first_seen(store, {key: now}))
         return seen
+
+    def _save_first_seen(self, store: StateStore, new: Mapping[str, float]) -> None:
+        # Store thread only. What a failed write could not save waits for the next one.
+        self._unsaved_first_seen.update(new)
+        for at in set(self._unsaved_first_seen.values()):
+            store.first_seen([k for k, v in self._unsaved_first_seen.items() if v == at], at)
+        self._unsaved_first_seen.clear()
+
+    def _save_runs(self, store: StateStore, runs: list[Run], now: float) -> None:
+        # Store thread only: runs seen while the database was unusable are kept (bounded) and
+        # written with the next successful write, never dropped silently.
+        self._unsaved_runs.extend(runs)
+        if len(self._unsaved_runs) > MAX_UNSAVED_RUNS:
+            dropped = len(self._unsaved_runs) - MAX_UNSAVED_RUNS
+            del self._unsaved_runs[:dropped]
+            log.error("state database unusable too long: %d oldest unsaved runs dropped", dropped)
+        if self._unsaved_runs:
+            store.add_runs(self._unsaved_runs, now)
+        self._unsaved_runs.clear()
 
     def record(
         self,
@@ -266,9 +292,9 @@ class StateKeeper:
         mem = json.loads(json.dumps(dict(memory or {})))
 
         def write(store: StateStore) -> None:
+            self._save_runs(store, runs, taken_at)
+            self._save_first_seen(store, {})
             store.save_result(source, taken_at, fams, payload)
-            if runs:
-                store.add_runs(runs, taken_at)
             store.replace_memory(source, mem)
 
         self.submit(write)
