@@ -54,15 +54,13 @@ def _ata(name: str, now: float) -> dict[str, Any]:
     power_on = base + int((now - INSTALLED) // 3600)
     table = []
     for num, (kind, start) in enumerate(_tests(now), start=1):
-        # The drive stamps a test with its power-on hours at the time of the test: a fixed
-        # value, as on a real disk (not recomputed from "now", which would flip by one).
-        stamp = base + int((start - INSTALLED) // 3600)
+        age_hours = int((now - start) // 3600)
         table.append(
             {
                 "type": {"value": 1 if kind.startswith("Short") else 2, "string": kind},
                 "status": {"value": 0, "string": "Completed without error", "passed": True},
                 # ATA keeps lifetime hours in 16 bits: the log wraps at 65,536.
-                "lifetime_hours": stamp % 65536,
+                "lifetime_hours": (power_on - age_hours) % 65536,
                 "num": num,
             }
         )
@@ -93,7 +91,7 @@ def _nvme(name: str, now: float) -> dict[str, Any]:
         {
             "self_test_code": {"value": 1 if kind.startswith("Short") else 2, "string": kind},
             "self_test_result": {"value": 0, "string": "Completed without error"},
-            "power_on_hours": base + int((start - INSTALLED) // 3600),
+            "power_on_hours": power_on - int((now - start) // 3600),
         }
         for kind, start in _tests(now)
     ]
