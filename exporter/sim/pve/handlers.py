@@ -160,7 +160,7 @@ async def _content(request: web.Request) -> web.Response:
     content = request.query.get("content")
     if content not in (None, "backup") or "backup" not in storage.content.split(","):
         return listing(request, [])
-    if not sc.privileged or storage_id in sc.hidden_storages:
+    if not sc.privileged:
         # check_volume_access drops every backup volume silently: HTTP 200, empty list.
         return listing(request, [])
     vmid = request.query.get("vmid")
@@ -168,7 +168,7 @@ async def _content(request: web.Request) -> web.Response:
     for a in sc.archives:
         if a.storage != storage_id or (vmid is not None and str(a.vmid) != vmid):
             continue
-        if a.vmid in sc.hidden_guests:  # no VM.Backup on /vms/<vmid>: dropped the same way
+        if not sc.may_see(storage_id, a.vmid):  # dropped the same way, per volume
             continue
         volid = sc.volid(a)
         pbs = storage.type == "pbs"

@@ -128,6 +128,9 @@ class PVEScenario:
     warning: set[int] = field(default_factory=set)  # guests whose part of a run warns once
     hidden_storages: set[str] = field(default_factory=set)  # no Datastore.* on these storages
     hidden_guests: set[int] = field(default_factory=set)  # no VM.Backup on these guests
+    # The token's effective privileges by ACL path ("/", "/storage/nas", "/vms/100"), inherited
+    # downwards; None: only ``privileged`` and the hidden_* knobs decide what it sees.
+    acl: dict[str, set[str]] | None = None
     requests: list[str] = field(default_factory=list)  # paths served, for tests
     simulated_until: float | None = None  # None: the first sync only starts the simulation
     _pid: int = 0x3A000
@@ -157,6 +160,37 @@ class PVEScenario:
     def hanging(self) -> bool:
         """Whether requests are being held."""
         return self._hang.holding
+
+    def may_see(self, storage: str, vmid: int) -> bool:
+        """Tell whether the token sees ``vmid``'s backups on ``storage``.
+
+        pve-storage src/PVE/Storage.pm ``check_volume_access`` for a backup volume:
+        ``Datastore.Allocate`` on the storage, or ``Datastore.AllocateSpace`` there plus
+        ``VM.Backup`` on ``/vms/<owner>``.
+        """
+        if not self.privileged or storage in self.hidden_storages or vmid in self.hidden_guests:
+            return False
+        if self.acl is None:
+            return True
+        on_storage = self.privileges(f"/storage/{storage}")
+        if "Datastore.Allocate" in on_storage:
+            return True
+        return "Datastore.AllocateSpace" in on_storage and "VM.Backup" in self.privileges(
+            f"/vms/{vmid}"
+        )
+
+    def privileges(self, path: str) -> set[str]:
+        """Return the token's privileges on ``path``: those granted on it or any parent."""
+        out: set[str] = set()
+        parts = path.strip("/").split("/")
+        for depth in range(len(parts) + 1):
+            prefix = "/" + "/".join(parts[:depth])
+            out |= (self.acl or {}).get(prefix, set())
+        return out
+
+    def run_at(self, job_id: str, start: int) -> None:
+        """Run ``job_id`` as if it had started at ``start`` (a finished run)."""
+        self._run(self.job(job_id), start, finished=True)
 
     # ---- lookups
 
