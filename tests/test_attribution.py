@@ -365,6 +365,28 @@ async def test_running_task_log_is_read_until_it_ends(
     assert got[("backup-a", "101")] == "ok"
 
 
+async def test_unreadable_task_logs_fall_back_to_the_node(
+    fake: FakePVE, scenario: PVEScenario, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    scenario.run_at("backup-a", RUN)
+    scenario.run_at("backup-b", RUN + 600)
+    scenario.task_logs_forbidden = True
+    source = make_source(fake)
+    poller = Poller(source, clock=clock)
+    with caplog.at_level(logging.WARNING):
+        snapshot = await good_poll(poller)
+        await good_poll(poller)
+    assert all(t.log is None for t in snapshot.tasks)
+    assert MEMORY_KEY in poller.memory
+    assert poller.memory[MEMORY_KEY] == {}  # nothing remembered: retried next poll
+    warned = [r for r in caplog.records if "cannot read vzdump task logs" in r.getMessage()]
+    assert len(warned) == 1  # once, not every poll
+    assert log_reads(scenario) == 2  # one refused request per poll, not one per task
+    # The fallback: both tasks started at the jobs' schedule; every guest keeps a success.
+    got = states(source, snapshot, clock.time())
+    assert set(got.values()) == {"ok"}
+
+
 # ------------------------------------------------------------------ per-storage permission
 
 

@@ -288,6 +288,8 @@ async def _task_log(request: web.Request) -> web.Response:
     sc = request.app[SCENARIO]
     node = request_node(request)
     upid = request.match_info["upid"]
+    if sc.task_logs_forbidden:
+        raise web.HTTPForbidden(reason=f"Permission check failed (/nodes/{node}, Sys.Audit)")
     task = next((t for t in sc.tasks if t.upid == upid and t.node == node), None)
     if task is None:
         raise web.HTTPBadRequest(reason="unable to parse worker upid")

@@ -131,6 +131,7 @@ class PVEScenario:
     # The token's effective privileges by ACL path ("/", "/storage/nas", "/vms/100"), inherited
     # downwards; None: only ``privileged`` and the hidden_* knobs decide what it sees.
     acl: dict[str, set[str]] | None = None
+    task_logs_forbidden: bool = False  # no Sys.Audit on /nodes/<node>: task logs are HTTP 403
     requests: list[str] = field(default_factory=list)  # paths served, for tests
     simulated_until: float | None = None  # None: the first sync only starts the simulation
     _pid: int = 0x3A000

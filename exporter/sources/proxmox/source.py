@@ -191,6 +191,8 @@ class ProxmoxSource(Source[ProxmoxConfig, ProxmoxSnapshot]):
                 continue
             reads += 1
             read = await self._read_log(ctx, task)
+            if read is None:  # refused: the others would be too; try again next poll
+                reads = LOG_READS_PER_POLL
             if read is not None and task.status != "running":
                 kept[task.upid] = log_to_json(read)
             out.append(task if read is None else replace(task, log=read))
