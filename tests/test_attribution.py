@@ -387,6 +387,25 @@ async def test_unreadable_task_logs_fall_back_to_the_node(
     assert set(got.values()) == {"ok"}
 
 
+async def test_without_logs_no_storage_is_blamed_on_a_guess(
+    fake: FakePVE, scenario: PVEScenario, clock: FakeClock
+) -> None:
+    # B fails for 102 (nothing on pbs); A's later success would, charged to 102 by the
+    # fallback, suggest 102 was written to pbs and hidden. Without logs nothing is claimed.
+    scenario.failing = {102}
+    scenario.run_at("backup-b", RUN)
+    scenario.failing = set()
+    scenario.run_at("backup-a", RUN + 200)
+    scenario.task_logs_forbidden = True
+    snapshot = await good_poll(Poller(make_source(fake), clock=clock))
+    assert snapshot.hidden == ()
+    scenario.task_logs_forbidden = False  # with the logs, it is 102's own failure
+    source = make_source(fake)
+    snapshot = await good_poll(Poller(source, clock=clock))
+    assert snapshot.hidden == ()
+    assert states(source, snapshot, clock.time())[("backup-b", "102")] == "failed"
+
+
 # ------------------------------------------------------------------ per-storage permission
 
 

@@ -301,8 +301,10 @@ def _single_charges(
     owners = covering.get(vmid, [])
     matched = [j for j in owners if started_by(schedules[j.id], task)]
     chosen = matched or owners
+    # Where it wrote is known for a task of one guest started by the schedule of jobs sharing
+    # one storage; a multi-guest task without its log may have been another job's.
     storages = {j.storage for j in matched}
-    storage = next(iter(storages)) if len(storages) == 1 else ""
+    storage = next(iter(storages)) if len(storages) == 1 and task.vmid is not None else ""
     yield Charge(
         vmid, replace(task, vmid=vmid), tuple(j.id for j in chosen), storage, bool(matched)
     )
