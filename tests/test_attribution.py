@@ -6,6 +6,7 @@ writes (see tests/fixtures/proxmox/README.md).
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -320,7 +321,7 @@ async def test_finished_logs_are_read_once_and_remembered(
     first = states(source, await good_poll(poller), clock.time())
     assert log_reads(scenario) == 2  # not read again
     # After a restart the memory comes from the state database: still not read again.
-    again = Poller(make_source(fake), clock=clock, memory=dict(poller.memory))
+    again = Poller(make_source(fake), clock=clock, memory=json.loads(json.dumps(poller.memory)))
     snapshot = await good_poll(again)
     assert log_reads(scenario) == 2
     assert states(again.source, snapshot, clock.time()) == first  # type: ignore[arg-type]
