@@ -168,6 +168,8 @@ async def _content(request: web.Request) -> web.Response:
     for a in sc.archives:
         if a.storage != storage_id or (vmid is not None and str(a.vmid) != vmid):
             continue
+        if not sc.may_see(storage_id, a.vmid):  # dropped the same way, per volume
+            continue
         volid = sc.volid(a)
         pbs = storage.type == "pbs"
         item: dict[str, Any] = {
@@ -276,6 +278,31 @@ async def _tasks(request: web.Request) -> web.Response:
     return listing(request, items, total=len(selected))
 
 
+async def _task_log(request: web.Request) -> web.Response:
+    """``GET /nodes/{node}/tasks/{upid}/log``: ``[{n, t}]`` from line ``start + 1``, ``total``.
+
+    As pve-manager PVE/API2/Tasks.pm ``read_task_log`` over pve-common ``dump_logfile``:
+    ``limit`` 50 by default, 0 reads to the end, an empty page is ``[{n: 1, t: "no content"}]``
+    only when the log itself is empty.
+    """
+    sc = request.app[SCENARIO]
+    node = request_node(request)
+    upid = request.match_info["upid"]
+    if sc.task_logs_forbidden:
+        raise web.HTTPForbidden(reason=f"Permission check failed (/nodes/{node}, Sys.Audit)")
+    task = next((t for t in sc.tasks if t.upid == upid and t.node == node), None)
+    if task is None:
+        raise web.HTTPBadRequest(reason="unable to parse worker upid")
+    start = int(request.query.get("start", "0"))
+    limit = int(request.query.get("limit", "50"))
+    lines = task.log
+    end = len(lines) if limit == 0 else start + limit
+    items = [{"n": i + 1, "t": t} for i, t in enumerate(lines) if start <= i < end]
+    if not lines:
+        items = [{"n": 1, "t": "no content"}]
+    return listing(request, items, total=len(lines))
+
+
 async def _version(request: web.Request) -> web.Response:
     return ok({"version": "9.1.7", "release": "9.1", "repoid": "0c56bad8"})
 
@@ -291,3 +318,4 @@ def add_routes(app: web.Application, api: str) -> None:
     app.router.add_get(f"{api}/nodes/{{node}}/storage", _node_storage)
     app.router.add_get(f"{api}/nodes/{{node}}/storage/{{storage}}/content", _content)
     app.router.add_get(f"{api}/nodes/{{node}}/tasks", _tasks)
+    app.router.add_get(f"{api}/nodes/{{node}}/tasks/{{upid}}/log", _task_log)

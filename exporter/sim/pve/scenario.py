@@ -89,6 +89,7 @@ class FakeTask:
     id: str  # the vmid when exactly one guest was backed up, else ""
     pid: int
     user: str = "root@pam"
+    log: list[str] = field(default_factory=list)  # the task log's lines, as PVE writes them
 
     @property
     def upid(self) -> str:
@@ -123,6 +124,14 @@ class PVEScenario:
     fail_status: int | None = None  # answer every request with this HTTP status
     malformed: bool = False  # list endpoints answer an object instead of a list
     broken: bool = False  # scheduled and manual runs fail ("job errors", no archive)
+    failing: set[int] = field(default_factory=set)  # guests whose part of a run fails
+    warning: set[int] = field(default_factory=set)  # guests whose part of a run warns once
+    hidden_storages: set[str] = field(default_factory=set)  # no Datastore.* on these storages
+    hidden_guests: set[int] = field(default_factory=set)  # no VM.Backup on these guests
+    # The token's effective privileges by ACL path ("/", "/storage/nas", "/vms/100"), inherited
+    # downwards; None: only ``privileged`` and the hidden_* knobs decide what it sees.
+    acl: dict[str, set[str]] | None = None
+    task_logs_forbidden: bool = False  # no Sys.Audit on /nodes/<node>: task logs are HTTP 403
     requests: list[str] = field(default_factory=list)  # paths served, for tests
     simulated_until: float | None = None  # None: the first sync only starts the simulation
     _pid: int = 0x3A000
@@ -152,6 +161,37 @@ class PVEScenario:
     def hanging(self) -> bool:
         """Whether requests are being held."""
         return self._hang.holding
+
+    def may_see(self, storage: str, vmid: int) -> bool:
+        """Tell whether the token sees ``vmid``'s backups on ``storage``.
+
+        pve-storage src/PVE/Storage.pm ``check_volume_access`` for a backup volume:
+        ``Datastore.Allocate`` on the storage, or ``Datastore.AllocateSpace`` there plus
+        ``VM.Backup`` on ``/vms/<owner>``.
+        """
+        if not self.privileged or storage in self.hidden_storages or vmid in self.hidden_guests:
+            return False
+        if self.acl is None:
+            return True
+        on_storage = self.privileges(f"/storage/{storage}")
+        if "Datastore.Allocate" in on_storage:
+            return True
+        return "Datastore.AllocateSpace" in on_storage and "VM.Backup" in self.privileges(
+            f"/vms/{vmid}"
+        )
+
+    def privileges(self, path: str) -> set[str]:
+        """Return the token's privileges on ``path``: those granted on it or any parent."""
+        out: set[str] = set()
+        parts = path.strip("/").split("/")
+        for depth in range(len(parts) + 1):
+            prefix = "/" + "/".join(parts[:depth])
+            out |= (self.acl or {}).get(prefix, set())
+        return out
+
+    def run_at(self, job_id: str, start: int) -> None:
+        """Run ``job_id`` as if it had started at ``start`` (a finished run)."""
+        self._run(self.job(job_id), start, finished=True)
 
     # ---- lookups
 
@@ -274,6 +314,9 @@ class PVEScenario:
         for node, guests in sorted(by_node.items()):
             task_id = str(guests[0].vmid) if len(guests) == 1 else ""
             task = FakeTask(node, start, None, "", task_id, self._next_pid())
+            task.log.append(f"INFO: starting new backup job: {command_line(job)}")
+            if not finished:
+                task.log.append(_guest_start(guests[0]))
             self.tasks.append(task)
             if finished:
                 self._complete(task, job, end_at)
@@ -287,6 +330,16 @@ class PVEScenario:
             if g.node == task.node and (not task.id or str(g.vmid) == task.id)
         ]
         if self.broken:
+            for g in guests:
+                if not task.log or task.log[-1] != _guest_start(g):
+                    task.log.append(_guest_start(g))
+                task.log.append(
+                    f"ERROR: Backup of VM {g.vmid} failed - unable to open file "
+                    f"'/mnt/pve/{job.storage}/dump/vzdump-{g.guest_type}-{g.vmid}.tmp' - "
+                    f"Input/output error"
+                )
+                task.log.append(_local_line(self.tz, "INFO: Failed at", task.starttime + 31))
+            task.log += ["INFO: Backup job finished with errors", "TASK ERROR: job errors"]
             task.status = "job errors"
             task.endtime = end_at if end_at is not None else task.starttime + 31
             return
@@ -299,7 +352,30 @@ class PVEScenario:
             span = max(0, end_at - task.starttime - 2)
             steps = [span // max(1, len(guests))] * len(guests)
         at = task.starttime + 2
+        errors = warnings = 0
         for g, step in zip(guests, steps, strict=True):
+            if not task.log or task.log[-1] != _guest_start(g):
+                task.log.append(_guest_start(g))
+            task.log.append(_local_line(self.tz, "INFO: Backup started at", at))
+            if g.vmid in self.failing:
+                errors += 1
+                task.log.append(
+                    f"ERROR: Backup of VM {g.vmid} failed - command 'zstd' failed: exit code 1"
+                )
+                task.log.append(_local_line(self.tz, "INFO: Failed at", at + 30))
+                at += 30
+                continue
+            if g.vmid in self.warning:
+                warnings += 1
+                task.log.append(
+                    "WARN: unable to add notes - property is not defined in schema "
+                    "and the schema does not allow additional properties"
+                )
+            task.log.append(
+                f"INFO: Finished Backup of VM {g.vmid} "
+                f"({step // 3600:02d}:{step % 3600 // 60:02d}:{step % 60:02d})"
+            )
+            task.log.append(_local_line(self.tz, "INFO: Backup finished at", at + step))
             run = self._runs.get((g.vmid, job.storage), 0)
             self._runs[(g.vmid, job.storage)] = run + 1
             self.archives.append(
@@ -315,7 +391,13 @@ class PVEScenario:
             )
             at += step
             self._prune(job, g.vmid)
-        task.status = "OK"
+        if errors:
+            task.log += ["INFO: Backup job finished with errors", "TASK ERROR: job errors"]
+            task.status = "job errors"
+        else:
+            task.log.append("INFO: Backup job finished successfully")
+            task.status = f"WARNINGS: {warnings}" if warnings else "OK"
+            task.log.append(f"TASK {task.status}")
         task.endtime = at if end_at is None else max(end_at, task.starttime)
 
     def _prune(self, job: FakeJob, vmid: int) -> None:
@@ -326,6 +408,28 @@ class PVEScenario:
         candidates = [a for a in self.archives_of(job.storage, vmid) if not a.protected]
         for old in candidates[: max(0, len(candidates) - int(keep))]:
             self.archives.remove(old)
+
+
+def command_line(job: FakeJob) -> str:
+    """Return the ``vzdump`` command line a run of ``job`` logs (pve-guest-common)."""
+    words = ["vzdump", *sorted(_vmids(job.vmid))] if job.vmid and not job.all else ["vzdump"]
+    parts = [str(w) for w in words]
+    if job.all:
+        parts += ["--all", "1"]
+    for key, value in (("exclude", job.exclude), ("pool", job.pool), ("node", job.node)):
+        if value:
+            parts += [f"--{key}", value]
+    parts += ["--storage", job.storage, "--mode", job.mode, "--compress", job.compress]
+    parts += ["--notes-template", "'{{guestname}}'", "--quiet", "1"]
+    return " ".join(parts)
+
+
+def _guest_start(guest: FakeGuest) -> str:
+    return f"INFO: Starting Backup of VM {guest.vmid} ({guest.guest_type})"
+
+
+def _local_line(tz: str, prefix: str, at: float) -> str:
+    return f"{prefix} {datetime.fromtimestamp(at, ZoneInfo(tz)):%Y-%m-%d %H:%M:%S}"
 
 
 def _vmids(text: str) -> set[int]:

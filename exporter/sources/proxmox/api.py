@@ -10,6 +10,8 @@ One poll reads (docs/backends.md §1; 5 + 2 per online node + 1 per backup stora
     GET /nodes/{node}/storage                    per online node: backup storages, size, used
     GET /nodes/{node}/tasks?typefilter=vzdump&source=all&limit=N   recent vzdump tasks
     GET /nodes/{node}/storage/{sid}/content?content=backup         once per storage (shared: once)
+    GET /nodes/{node}/tasks/{upid}/log?start=S&limit=N             multi-guest vzdump tasks not
+                                                 yet attributed (a few per poll, paged)
 
 :class:`ProxmoxApi` has one method per endpoint, returning the answer's ``data`` as decoded
 JSON; :mod:`~exporter.sources.proxmox.responses` and :mod:`~exporter.sources.proxmox.tasks`
@@ -19,11 +21,15 @@ The API token needs ``PVEAuditor`` on ``/`` and, to see backups at all, ``Datast
 ``/storage/<sid>`` or ``Datastore.AllocateSpace`` there plus ``VM.Backup`` on ``/vms``: without
 them PVE answers the backup listing with an empty list and HTTP 200. When the vzdump tasks show
 successful backups but no storage lists a single archive, the poll fails with reason
-``permission`` instead of reporting "no backups" (:func:`check_backup_visibility`).
+``permission`` instead of reporting "no backups" (:func:`check_backup_visibility`). When only
+some storages or guests are hidden, :func:`find_hidden_backups` names them per storage. The
+task logs need ``Sys.Audit`` on ``/nodes/{node}`` (part of ``PVEAuditor``) for tasks the token
+did not start (pve-manager PVE/API2/Tasks.pm ``read_task_log``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from http import HTTPStatus
 from typing import Any
 
@@ -33,7 +39,8 @@ from proxmoxer.core import ResourceException
 
 from exporter.sources.base import FetchContext, FetchError
 from exporter.sources.proxmox.config import ProxmoxConfig
-from exporter.sources.proxmox.model import ProxmoxSnapshot
+from exporter.sources.proxmox.model import HiddenBackups, ProxmoxSnapshot
+from exporter.sources.proxmox.tasks import Charge
 
 
 class ProxmoxApi:
@@ -130,6 +137,17 @@ class ProxmoxApi:
         """``GET /nodes/{node}/storage/{storage}/content?content=backup``."""
         return await self.get(ctx, f"nodes/{node}/storage/{storage}/content", content="backup")
 
+    async def task_log(
+        self, ctx: FetchContext, node: str, upid: str, start: int, limit: int
+    ) -> Any:
+        """``GET /nodes/{node}/tasks/{upid}/log?start={start}&limit={limit}``.
+
+        PVE numbers the lines from 1 (``n``) and skips the first ``start`` (pve-common
+        src/PVE/Tools.pm ``dump_logfile_by_filehandle``); ``limit=0`` would read to the end,
+        so the callers always page.
+        """
+        return await self.get(ctx, f"nodes/{node}/tasks/{upid}/log", start=start, limit=limit)
+
     def close(self) -> None:
         """Close the HTTP session's idle keep-alive connections."""
         if self._api is not None:
@@ -179,3 +197,55 @@ def check_backup_visibility(snapshot: ProxmoxSnapshot) -> None:
         f"Datastore.AllocateSpace on /storage/{first} plus VM.Backup on /vms "
         f"(PVE hides backups it may not access)",
     )
+
+
+def find_hidden_backups(
+    snapshot: ProxmoxSnapshot, found: Iterable[Charge]
+) -> tuple[HiddenBackups, ...]:
+    """Name the listed storages that hide backups successful vzdump tasks wrote to them.
+
+    ``found`` are the task attributions (:func:`~exporter.sources.proxmox.tasks.charges`). For
+    each guest its newest successful part with a known storage counts: if that storage was
+    listed and shows no archive of the guest, PVE filtered it. The rule is pve-storage
+    src/PVE/Storage.pm ``check_volume_access``, which the content listing (src/PVE/API2/Storage/
+    Content.pm ``index``) applies per volume: a backup volume is visible with
+    ``Datastore.Allocate`` on ``/storage/<sid>``, or with ``Datastore.AllocateSpace`` there plus
+    ``VM.Backup`` on ``/vms/<owner vmid>``. An empty listing means the storage privileges are
+    missing; a listing that shows other guests means ``VM.Backup`` on those guests is.
+    """
+    newest: dict[int, Charge] = {}
+    for c in found:
+        if not c.task.succeeded or not c.storage or c.task.endtime is None:
+            continue
+        old = newest.get(c.vmid)
+        if old is None or c.task.starttime > old.task.starttime:
+            newest[c.vmid] = c
+    listed = {s.storage for s in snapshot.storages if s.listed}
+    written: dict[str, set[int]] = {}
+    for c in newest.values():
+        if c.storage in listed:
+            written.setdefault(c.storage, set()).add(c.vmid)
+    out = []
+    for sid, vmids in sorted(written.items()):
+        visible = {a.vmid for a in snapshot.archives if a.storage == sid}
+        missing = sorted(vmids - visible)
+        if not missing:
+            continue
+        guests = ", ".join(str(v) for v in missing)
+        if not visible:
+            message = (
+                f"the backup listing of storage {sid} is empty although vzdump tasks wrote "
+                f"backups of VM {guests} there: the API token lacks Datastore.Allocate on "
+                f"/storage/{sid}, or Datastore.AllocateSpace on /storage/{sid} plus VM.Backup "
+                f"on /vms (PVE hides backups it may not access)"
+            )
+        else:
+            paths = ", ".join(f"/vms/{v}" for v in missing)
+            message = (
+                f"the backup listing of storage {sid} hides the backups of VM {guests} that "
+                f"vzdump tasks wrote there: the API token lacks VM.Backup on {paths} (with "
+                f"Datastore.AllocateSpace on /storage/{sid}), or Datastore.Allocate on "
+                f"/storage/{sid} (PVE hides backups it may not access)"
+            )
+        out.append(HiddenBackups(storage=sid, vmids=tuple(missing), message=message))
+    return tuple(out)

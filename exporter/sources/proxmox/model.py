@@ -86,6 +86,26 @@ class Archive:
 
 
 @dataclass(frozen=True)
+class TaskLog:
+    """What a multi-guest vzdump task's log says (:func:`~.tasks.parse_task_log`).
+
+    The selection and storage come from its first line (``starting new backup job: vzdump
+    ...``), the per-guest outcomes from its ``Starting/Finished Backup of VM n`` and ``Backup of
+    VM n failed`` lines.
+    """
+
+    all: bool = False
+    vmids: frozenset[int] = frozenset()
+    exclude: frozenset[int] = frozenset()
+    pool: str = ""
+    node: str = ""
+    storage: str = ""
+    guests: tuple[tuple[int, str, int], ...] = ()  # (vmid, status, warnings) in log order
+    task_warnings: int = 0  # WARN lines outside any guest's part (hook scripts, job level)
+    complete: bool = True  # False: the log was longer than the lines read
+
+
+@dataclass(frozen=True)
 class VzdumpTask:
     """One vzdump task; ``vmid`` is ``None`` when the task covered several guests."""
 
@@ -94,6 +114,9 @@ class VzdumpTask:
     endtime: float | None
     status: str  # ok | warning | error | unknown | running
     vmid: int | None
+    upid: str = ""
+    warnings: int = 0  # n of a final status "WARNINGS: n"
+    log: TaskLog | None = None  # multi-guest tasks whose log was read
 
     @property
     def succeeded(self) -> bool:
@@ -120,3 +143,13 @@ class ProxmoxSnapshot:
     not_backed_up: frozenset[int]
     tasks: tuple[VzdumpTask, ...]
     tasks_read_nodes: tuple[str, ...] = field(default=())
+    hidden: tuple[HiddenBackups, ...] = field(default=())  # per-storage permission findings
+
+
+@dataclass(frozen=True)
+class HiddenBackups:
+    """A backup storage whose listing hides guests that vzdump tasks wrote to it."""
+
+    storage: str
+    vmids: tuple[int, ...]
+    message: str  # names the missing privileges (safe to log and show)

@@ -18,20 +18,32 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
-from prometheus_client.core import Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from exporter.schedule.expressions import Schedule, ScheduleError
 from exporter.schedule.jobs import Evidence, JobSpec
-from exporter.sources.base import FetchContext, Source
+from exporter.sources.base import FetchContext, FetchError, Source
 from exporter.sources.proxmox import KIND
-from exporter.sources.proxmox.api import ProxmoxApi, check_backup_visibility
+from exporter.sources.proxmox.api import (
+    ProxmoxApi,
+    check_backup_visibility,
+    find_hidden_backups,
+)
 from exporter.sources.proxmox.config import SPEC as SPEC  # noqa: PLC0414 - re-export
 from exporter.sources.proxmox.config import ProxmoxConfig
 from exporter.sources.proxmox.jobs import capped_graces, covered_guests, job_schedule
-from exporter.sources.proxmox.model import Archive, BackupStorage, ProxmoxSnapshot, VzdumpTask
-from exporter.sources.proxmox.reader import as_int
+from exporter.sources.proxmox.model import (
+    Archive,
+    BackupStorage,
+    HiddenBackups,
+    ProxmoxSnapshot,
+    TaskLog,
+    VzdumpTask,
+)
+from exporter.sources.proxmox.reader import as_int, object_list
 from exporter.sources.proxmox.render import render_snapshot
 from exporter.sources.proxmox.responses import (
     parse_content,
@@ -42,9 +54,25 @@ from exporter.sources.proxmox.responses import (
     parse_not_backed_up,
     parse_storage_config,
 )
-from exporter.sources.proxmox.tasks import guest_evidence, job_tasks, parse_tasks
+from exporter.sources.proxmox.tasks import (
+    charges,
+    guest_evidence,
+    job_tasks,
+    log_from_json,
+    log_to_json,
+    parse_task_log,
+    parse_tasks,
+)
 
 log = logging.getLogger(__name__)
+
+# Task logs read per poll (newest first; the rest wait for the next polls), and the lines of one
+# log read at most (in pages). A finished task's log is read once: what it says is kept in
+# ctx.memory under MEMORY_KEY, by UPID, while the task is in the task list.
+LOG_READS_PER_POLL = 8
+LOG_PAGE = 1000
+LOG_MAX_LINES = 20_000
+MEMORY_KEY = "task_logs"
 
 
 @dataclass
@@ -76,6 +104,7 @@ class ProxmoxSource(Source[ProxmoxConfig, ProxmoxSnapshot]):
         super().__init__(config)
         self._api = ProxmoxApi(config)
         self._warned: set[tuple[str, str]] = set()
+        self._hidden_logged: dict[str, str] = {}
 
     async def fetch(self, ctx: FetchContext) -> ProxmoxSnapshot:
         """Read nodes, guests, jobs, storages, archives and vzdump tasks."""
@@ -123,6 +152,7 @@ class ProxmoxSource(Source[ProxmoxConfig, ProxmoxSnapshot]):
                     retention=storage_config.get(sid),
                 )
             )
+        tasks = await self._read_task_logs(ctx, tasks)
         snapshot = ProxmoxSnapshot(
             time=ctx.clock.time(),
             timezone=tz,
@@ -136,19 +166,78 @@ class ProxmoxSource(Source[ProxmoxConfig, ProxmoxSnapshot]):
             tasks_read_nodes=tuple(online),
         )
         check_backup_visibility(snapshot)
-        return snapshot
+        hidden = find_hidden_backups(snapshot, charges(snapshot, self._schedules(snapshot)))
+        self._log_hidden(hidden)
+        return replace(snapshot, hidden=hidden)
 
-    # ---- render
+    async def _read_task_logs(self, ctx: FetchContext, tasks: list[VzdumpTask]) -> list[VzdumpTask]:
+        """Attach their logs to multi-guest tasks: remembered ones, then a few read anew."""
+        raw = ctx.memory.get(MEMORY_KEY)
+        known: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        kept: dict[str, Any] = {}
+        out: list[VzdumpTask] = []
+        reads = 0
+        for task in sorted(tasks, key=lambda t: t.starttime, reverse=True):
+            if task.vmid is not None or not task.upid:
+                out.append(task)
+                continue
+            remembered = log_from_json(known.get(task.upid)) if task.endtime else None
+            if remembered is not None:
+                kept[task.upid] = known[task.upid]
+                out.append(replace(task, log=remembered))
+                continue
+            if reads >= LOG_READS_PER_POLL:
+                out.append(task)
+                continue
+            reads += 1
+            read = await self._read_log(ctx, task)
+            if read is None:  # refused: the others would be too; try again next poll
+                reads = LOG_READS_PER_POLL
+            if read is not None and task.status != "running":
+                kept[task.upid] = log_to_json(read)
+            out.append(task if read is None else replace(task, log=read))
+        ctx.memory[MEMORY_KEY] = kept
+        return out
 
-    def render(self, snapshot: ProxmoxSnapshot) -> Iterator[Metric]:
-        """Build the ``backup_pve_*`` families (one series per guest, storage, job or node)."""
-        yield from render_snapshot(self.name, snapshot, grace=self.config.job_grace)
+    async def _read_log(self, ctx: FetchContext, task: VzdumpTask) -> TaskLog | None:
+        """Read one task's log in pages; ``None`` (fall back) when PVE refuses it."""
+        lines: list[str] = []
+        complete = False
+        what = f"GET /nodes/{task.node}/tasks/{{upid}}/log"
+        try:
+            while len(lines) < LOG_MAX_LINES:
+                data = await self._api.task_log(ctx, task.node, task.upid, len(lines), LOG_PAGE)
+                page = [str(item.get("t", "")) for item in object_list(data, what)]
+                lines.extend(page)
+                if len(page) < LOG_PAGE:
+                    complete = True
+                    break
+        except FetchError as exc:
+            if exc.reason in ("timeout", "connection", "auth"):
+                raise
+            if ("task log", exc.reason) not in self._warned:
+                self._warned.add(("task log", exc.reason))
+                log.warning(
+                    "source=%s cannot read vzdump task logs (%s); multi-guest tasks are "
+                    "charged to every guest of their node: %s",
+                    self.name,
+                    exc.reason,
+                    exc,
+                )
+            return None
+        return parse_task_log(lines, running=task.status == "running", complete=complete)
 
-    # ---- jobs
+    def _log_hidden(self, hidden: tuple[HiddenBackups, ...]) -> None:
+        now = {h.storage: h.message for h in hidden}
+        for sid, message in now.items():
+            if self._hidden_logged.get(sid) != message:
+                log.warning("source=%s reason=permission %s", self.name, message)
+        for sid in self._hidden_logged.keys() - now.keys():
+            log.info("source=%s storage %s lists all the backups again", self.name, sid)
+        self._hidden_logged = now
 
-    def jobs(self, snapshot: ProxmoxSnapshot) -> Iterator[tuple[JobSpec, Evidence]]:
-        """Yield one job per enabled PVE backup job × covered guest."""
-        cfg = self.config
+    def _schedules(self, snapshot: ProxmoxSnapshot) -> dict[str, Schedule]:
+        """Parse the enabled jobs' schedules (an unreadable one is warned about once)."""
         schedules: dict[str, Schedule] = {}
         for job in snapshot.jobs:
             if not job.enabled:
@@ -157,6 +246,24 @@ class ProxmoxSource(Source[ProxmoxConfig, ProxmoxSnapshot]):
                 schedules[job.id] = job_schedule(job.schedule, snapshot.timezone)
             except ScheduleError as exc:
                 self._warn_once(job.id, job.schedule, str(exc))
+        return schedules
+
+    # ---- render
+
+    def render(self, snapshot: ProxmoxSnapshot) -> Iterator[Metric]:
+        """Build the ``backup_pve_*`` families (one series per guest, storage, job or node)."""
+        yield from render_snapshot(self.name, snapshot, grace=self.config.job_grace)
+        yield from render_targets(self.name, snapshot)
+        yield from render_warnings(
+            self.name, snapshot, job_tasks(snapshot, self._schedules(snapshot))
+        )
+
+    # ---- jobs
+
+    def jobs(self, snapshot: ProxmoxSnapshot) -> Iterator[tuple[JobSpec, Evidence]]:
+        """Yield one job per enabled PVE backup job × covered guest."""
+        cfg = self.config
+        schedules = self._schedules(snapshot)
         attributed = job_tasks(snapshot, schedules)
         for job in snapshot.jobs:
             schedule = schedules.get(job.id)
@@ -198,6 +305,76 @@ class ProxmoxSource(Source[ProxmoxConfig, ProxmoxSnapshot]):
     async def close(self) -> None:
         """Close the HTTP session's idle keep-alive connections."""
         self._api.close()
+
+
+def render_targets(source: str, snapshot: ProxmoxSnapshot) -> Iterator[Metric]:
+    """Render ``backup_target_up`` for each backup storage a job writes to.
+
+    ``target`` is ``storage/<id>``. 0 when its listing hides backups vzdump tasks wrote there
+    (reason ``permission``, :func:`~exporter.sources.proxmox.api.find_hidden_backups`) or
+    when it could not be listed (no node has it active: reason ``inactive``)::
+
+        # HELP backup_target_up Whether the backup target could be read completely (...).
+        # TYPE backup_target_up gauge
+        backup_target_up{source="pve1",target="storage/nas"} 1.0
+        backup_target_up{source="pve1",target="storage/pbs"} 0.0
+        # HELP backup_target_error_info Why the backup target is down (...).
+        # TYPE backup_target_error_info gauge
+        backup_target_error_info{reason="permission",source="pve1",target="storage/pbs"} 1.0
+    """
+    up = GaugeMetricFamily(
+        "backup_target_up",
+        "Whether the backup target could be read completely (cached from the last poll).",
+        labels=["source", "target"],
+    )
+    error = GaugeMetricFamily(
+        "backup_target_error_info",
+        "Why the backup target is down, 1 while it is (cached from the last poll).",
+        labels=["source", "target", "reason"],
+    )
+    hidden = {h.storage for h in snapshot.hidden}
+    storages = {s.storage: s for s in snapshot.storages}
+    for sid in sorted({j.storage for j in snapshot.jobs if j.storage}):
+        storage = storages.get(sid)
+        target = f"storage/{sid}"
+        reason = ""
+        if sid in hidden:
+            reason = "permission"
+        elif storage is None or not storage.listed:
+            reason = "inactive"
+        up.add_metric([source, target], 0.0 if reason else 1.0)
+        if reason:
+            error.add_metric([source, target, reason], 1.0)
+    yield up
+    yield error
+
+
+def render_warnings(
+    source: str,
+    snapshot: ProxmoxSnapshot,
+    attributed: Mapping[tuple[str, int], tuple[VzdumpTask, ...]],
+) -> Iterator[Metric]:
+    """Render ``backup_job_warnings``: the warnings of each job × guest's last finished run.
+
+    A run that ended ``WARNINGS: n`` succeeded; this says how many ``WARN:`` lines it had (for a
+    multi-guest task, those of the guest's own part plus the job-level ones)::
+
+        # HELP backup_job_warnings Warnings of the job's last finished run (...).
+        # TYPE backup_job_warnings gauge
+        backup_job_warnings{backup_job="backup-infra-daily",source="pve1",vmid="100"} 1.0
+    """
+    family = GaugeMetricFamily(
+        "backup_job_warnings",
+        "Warnings of the job's last finished run for the guest, 0 if none "
+        "(cached from the last poll).",
+        labels=["backup_job", "source", "vmid"],
+    )
+    for (job_id, vmid), tasks in sorted(attributed.items()):
+        finished = [t for t in tasks if t.endtime is not None and t.status != "running"]
+        latest = max(finished, key=lambda t: t.starttime, default=None)
+        if latest is not None:
+            family.add_metric([job_id, source, str(vmid)], float(latest.warnings))
+    yield family
 
 
 __all__ = ["KIND", "SPEC", "ProxmoxSource"]
