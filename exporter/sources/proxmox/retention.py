@@ -40,7 +40,7 @@ KEEP_KEYS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 
 # The longest history the steady-state replay looks at, and the most runs it replays.
 _MAX_HISTORY = timedelta(days=366 * 12)
-_MAX_RUNS = 60_000
+_MAX_RUNS = 20_000
 
 
 def parse_retention(value: Any) -> Retention | None:
@@ -114,7 +114,12 @@ def _period_ids(ctime: float, zone: ZoneInfo) -> _PeriodIds:
     return (ctime, (*day, local.hour), day, (iso.year, iso.week), day[:2], local.year)
 
 
-def _select(ids: Sequence[_PeriodIds], marks: list[str | None], retention: Retention) -> None:
+def _select(
+    ctimes: Sequence[float],
+    ids: Sequence[_PeriodIds],
+    marks: list[str | None],
+    retention: Retention,
+) -> None:
     """Mark one backup group in place, as ``prune_mark_backup_group`` (pve-storage, Storage.pm).
 
     Entries already marked (``protected``) are neither kept nor removed by an option and do
@@ -130,13 +135,14 @@ def _select(ids: Sequence[_PeriodIds], marks: list[str | None], retention: Reten
                 marks[i] = "keep"
         return
     # Perl's sort is stable, as Python's is with reverse=True: equal times keep list order.
-    order = sorted(range(len(ids)), key=lambda i: float(ids[i][0]), reverse=True)  # type: ignore[arg-type]
+    order = sorted(range(len(ids)), key=ctimes.__getitem__, reverse=True)
+    kept = [i for i in order if marks[i] == "keep"]
     counts = dict(retention.keep)
     for level, name in enumerate(KEEP_KEYS):
         count = counts.get(name, 0)
         if count <= 0:
             continue
-        covered = {ids[i][level] for i in order if marks[i] == "keep"}
+        covered = {ids[i][level] for i in kept}
         newly: set[object] = set()
         for i in order:
             period = ids[i][level]
@@ -147,6 +153,7 @@ def _select(ids: Sequence[_PeriodIds], marks: list[str | None], retention: Reten
                     break
                 newly.add(period)
                 marks[i] = "keep"
+                kept.append(i)
             else:
                 marks[i] = "remove"
     for i, mark in enumerate(marks):
@@ -172,7 +179,7 @@ def prune_marks(
     marks: list[str | None] = [
         "protected" if i < len(protected) and protected[i] else None for i in range(len(ids))
     ]
-    _select(ids, marks, retention)
+    _select(ctimes, ids, marks, retention)
     return [m or "remove" for m in marks]
 
 
@@ -210,7 +217,7 @@ def _run(state: list[_Entry], new: Iterable[_Entry], pruning: _Pruning) -> list[
     if not pruning.prunes:
         return state
     marks: list[str | None] = [None] * len(state)
-    _select([ids for _, ids in state], marks, pruning.retention)
+    _select([t for t, _ in state], [ids for _, ids in state], marks, pruning.retention)
     return [e for e, m in zip(state, marks, strict=True) if m == "keep"]
 
 
@@ -297,7 +304,6 @@ def expected_archives(
     All of it is computed from ``snapshot.time``, never from the wall clock.
     """
     now = snapshot.time
-    zone = ZoneInfo(snapshot.timezone)
     groups: dict[tuple[str, int], list[Archive]] = {}
     for a in snapshot.archives:
         if a.standard_name:  # other names are never pruned nor counted (Plugin.pm "renamed")
@@ -306,14 +312,18 @@ def expected_archives(
     for key, plans in _plans(snapshot, grace).items():
         if plans is None or not _bounded(plans):
             continue
-        archives = sorted(groups.get(key, ()), key=lambda a: a.ctime)
-        out[key] = _replay_archives(archives, plans, now, zone) if archives else 0
+        archives = tuple(sorted(groups.get(key, ()), key=lambda a: a.ctime))
+        out[key] = (
+            _replay_archives(archives, tuple(plans), now, snapshot.timezone) if archives else 0
+        )
     return out
 
 
+@functools.lru_cache(maxsize=512)  # a scrape renders the same snapshot again
 def _replay_archives(
-    archives: Sequence[Archive], plans: Sequence[_JobPlan], now: float, zone: ZoneInfo
+    archives: tuple[Archive, ...], plans: tuple[_JobPlan, ...], now: float, tz: str
 ) -> int:
+    zone = ZoneInfo(tz)
     oldest, newest = archives[0].ctime, archives[-1].ctime
     runs: list[tuple[float, int]] = []
     for index, plan in enumerate(plans):
