@@ -390,3 +390,16 @@ def test_projection_uses_the_steady_state() -> None:
     assert retention_targets(snap) == {("nas", 100): 14}
     assert expected_archives(snap) == {("nas", 100): 13}
     assert projected_bytes(snap) == {"nas": 14 * 10.0}
+
+
+def test_a_very_long_history_replays_its_newest_runs() -> None:
+    # An hourly job whose oldest archive (protected) is three years old: more runs than the
+    # replay takes; it replays the newest ones, so the recent archives are what is expected.
+    now = FIRST.timestamp() + 3 * 366 * DAY
+    recent = [now - h * HOUR - 1800 for h in range(3, 0, -1)]
+    job = daily_job("keep-last=3,keep-daily=2", schedule="hourly")
+    snap = snapshot(now, on_nas([FIRST.timestamp(), *recent], protected=[FIRST.timestamp()]), job)
+    # keep-last 3 (the 20:00 run is due and missing, so 18:30, 19:30 and its own) and the
+    # two days before today, which keep-last already covers.
+    assert expected_archives(snap) == {("nas", 100): 5}
+    assert retention_targets(snap) == {("nas", 100): 5}

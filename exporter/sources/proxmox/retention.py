@@ -22,6 +22,7 @@ unprotected archives; a run that wrote a protected archive adds nothing to prune
 from __future__ import annotations
 
 import functools
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -260,15 +261,26 @@ def _bounded(plans: Sequence[_JobPlan]) -> bool:
     return any(p.pruning.prunes or p.pruning.limit for p in plans)
 
 
+def _period(schedule: Schedule, at: float) -> float | None:
+    """Return the gap between the schedule's next two starts after ``at`` (``None``: none)."""
+    starts = [
+        s.timestamp() for s in islice(schedule.iter_after(datetime.fromtimestamp(at, UTC)), 2)
+    ]
+    return starts[1] - starts[0] if len(starts) == 2 else None
+
+
 def _starts(schedule: Schedule, after: float, until: float) -> list[float]:
-    """Return the schedule's starts in ``(after, until]`` (at most ``_MAX_RUNS``)."""
-    out: list[float] = []
+    """Return the schedule's starts in ``(after, until]``: the newest ``_MAX_RUNS`` of them."""
+    gap = _period(schedule, until)
+    if gap is not None:
+        after = max(after, until - _MAX_RUNS * gap)
+    out: deque[float] = deque(maxlen=_MAX_RUNS)
     for start in schedule.iter_after(datetime.fromtimestamp(after, UTC)):
         t = start.timestamp()
-        if t > until or len(out) >= _MAX_RUNS:
+        if t > until:
             break
         out.append(t)
-    return out
+    return list(out)
 
 
 def _producing_start(plan: _JobPlan, ctime: float) -> float | None:
@@ -414,10 +426,7 @@ _SPAN = {
 
 
 def _history_estimate(schedule: Schedule, retention: Retention, at: float) -> float:
-    starts = [
-        s.timestamp() for s in islice(schedule.iter_after(datetime.fromtimestamp(at, UTC)), 2)
-    ]
-    period = starts[1] - starts[0] if len(starts) == 2 else 86400.0
+    period = _period(schedule, at) or 86400.0
     span = sum(n * _SPAN.get(name, period) for name, n in retention.keep)
     return span + 2 * period
 
