@@ -14,6 +14,10 @@ default) with the job's ``prune-backups``, else the storage's (``pve-manager:PVE
   as long a history as the settings can reach (the steady state), behind the storage
   projection.
 
+On a Proxmox Backup Server storage PVE hands the same keep options to PBS, whose selection
+(``proxmox/proxmox-backup``, ``pbs-datastore/src/prune.rs``, ``mark_selections``) is the same
+rule; PBS applies it in its own local time, taken here to be the nodes' time zone.
+
 Protected archives are never pruned and never count toward a keep option (``Plugin.pm``
 ``prune_backups`` marks them ``protected`` before the selection), so both numbers count
 unprotected archives; a run that wrote a protected archive adds nothing to prune.
