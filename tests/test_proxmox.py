@@ -878,17 +878,16 @@ def test_expected_counts_from_the_run_that_wrote_the_oldest_archive() -> None:
     # wrote it, so it counts.
     late_dump = retention_snapshot(next_day_4h, [DAY0 + 23 * HOUR], daily)
     assert expected_archives(late_dump) == {("nas", 100): 1}
-    # A manual backup at 14:00 and the 21:00 run: the manual one is no scheduled run, so only
-    # the 21:00 run is expected (two archives are not a shortage, nor an excess: the target
-    # of 14 is what pruning is judged by).
+    # A manual backup at 14:00 and the 21:00 run: PVE's pruning keeps the manual one too
+    # (it is a candidate like any other), so both are expected; the target stays 14.
     manual = retention_snapshot(next_day_4h, [DAY0 + 14 * HOUR, DAY0 + 21 * HOUR + 2], daily)
-    assert expected_archives(manual) == {("nas", 100): 1}
+    assert expected_archives(manual) == {("nas", 100): 2}
     assert retention_targets(manual) == {("nas", 100): 14}
-    # Before that run's grace ended and without its archive, nothing is due yet.
+    # Before the 21:00 run's grace ended and without its archive, only the manual one is.
     waiting = retention_snapshot(DAY0 + 22 * HOUR, [DAY0 + 14 * HOUR], daily)
-    assert expected_archives(waiting) == {("nas", 100): 0}
-    # A shorter job_grace makes the run due earlier.
-    assert expected_archives(waiting, grace=HOUR) == {("nas", 100): 1}
+    assert expected_archives(waiting) == {("nas", 100): 1}
+    # A shorter job_grace makes the run due earlier: its archive is missing.
+    assert expected_archives(waiting, grace=HOUR) == {("nas", 100): 2}
 
 
 def test_expected_for_hourly_and_combined_jobs() -> None:
@@ -898,18 +897,20 @@ def test_expected_for_hourly_and_combined_jobs() -> None:
     ctimes = [DAY0 + 10 * HOUR + 5, DAY0 + 11 * HOUR + 5]
     snap = retention_snapshot(DAY0 + 13.5 * HOUR, ctimes, hourly)
     assert expected_archives(snap) == {("nas", 100): 3}
-    # Two jobs write the guest to one storage: their runs add up, the larger target caps.
+    # Two jobs write the guest to one storage: each run prunes the whole group with its own
+    # job's retention (vzdump prunes the guest's archives on the storage, whoever wrote them).
     night = job(id="night", schedule="03:00", vmids=frozenset({100}), retention=keep_last(7))
     evening = job(id="evening", schedule="21:00", vmids=frozenset({100}), retention=keep_last(2))
     archives = [DAY0 + 21 * HOUR + 2, DAY0 + 27 * HOUR + 2]
     both = retention_snapshot(DAY0 + 34 * HOUR, archives, night, evening)
     assert expected_archives(both) == {("nas", 100): 2}
-    assert retention_targets(both) == {("nas", 100): 7}
-    # Ten days of both: 20 runs, capped at the larger target.
+    # In the steady state the evening run leaves 2, and the night run adds a third.
+    assert retention_targets(both) == {("nas", 100): 3}
     later = [DAY0 + d * 24 * HOUR + h * HOUR + 2 for d in range(10) for h in (3, 21)]
-    assert expected_archives(
-        retention_snapshot(DAY0 + 10 * 24 * HOUR + 12 * HOUR, later, night, evening)
-    ) == {("nas", 100): 7}
+    at_noon = retention_snapshot(DAY0 + 10 * 24 * HOUR + 12 * HOUR, later, night, evening)
+    assert expected_archives(at_noon) == {("nas", 100): 3}
+    at_22h = replace(at_noon, time=at_noon.time + 10 * HOUR)
+    assert expected_archives(at_22h, grace=HOUR) == retention_targets(at_22h) == {("nas", 100): 2}
 
 
 def test_expected_needs_a_readable_schedule_but_the_target_does_not() -> None:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from exporter.sim.server import Hold
+from exporter.sources.proxmox.retention import parse_retention, prune_marks
 
 GIB = 2**30
 _DAILY_RE = re.compile(r"^(\d{1,2}):(\d{2})$")
@@ -207,13 +208,13 @@ class PVEScenario:
         """Return the guest with this vmid."""
         return next(g for g in self.guests if g.vmid == vmid)
 
-    def covered(self, job: FakeJob) -> list[FakeGuest]:
-        """Return the guests ``job`` backs up (templates never)."""
+    def covered(self, job: FakeJob, *, templates: bool = False) -> list[FakeGuest]:
+        """Return the guests ``job`` backs up (templates only with ``templates=True``)."""
         excluded = _vmids(job.exclude)
         listed = _vmids(job.vmid)
         out = []
         for g in self.guests:
-            if g.template or (job.node and g.node != job.node):
+            if (g.template and not templates) or (job.node and g.node != job.node):
                 continue
             if job.all:
                 if g.vmid not in excluded:
@@ -255,9 +256,13 @@ class PVEScenario:
         return "vma.zst" if archive.guest_type == "qemu" else "tar.zst"
 
     def not_backed_up(self) -> list[FakeGuest]:
-        """Return the guests no job covers (disabled jobs still cover, as in PVE)."""
-        covered = {g.vmid for j in self.jobs for g in self.covered(j)}
-        return [g for g in self.guests if not g.template and g.vmid not in covered]
+        """Return the guests no job covers, templates included, as PVE lists them.
+
+        Disabled jobs still cover (``pve-manager:PVE/API2/Cluster/BackupInfo.pm``,
+        ``get_included_vmids`` ignores ``enabled``), and nothing skips templates there.
+        """
+        covered = {g.vmid for j in self.jobs for g in self.covered(j, templates=True)}
+        return [g for g in self.guests if g.vmid not in covered]
 
     # ---- the simulation
 
@@ -401,13 +406,23 @@ class PVEScenario:
         task.endtime = at if end_at is None else max(end_at, task.starttime)
 
     def _prune(self, job: FakeJob, vmid: int) -> None:
-        keep = (job.prune_backups or {}).get("keep-last")
-        if keep is None:
+        """Prune as vzdump does after a backup: the job's prune-backups, else the storage's.
+
+        The selection is PVE's ``prune_mark_backup_group`` (as the exporter implements it,
+        checked against pve-storage's own test expectations); protected archives are neither
+        pruned nor counted.
+        """
+        setting = job.prune_backups or self.storage(job.storage).prune_backups
+        retention = parse_retention(setting)
+        if retention is None or retention.keep_all:
             return
-        # Protected archives are neither pruned nor counted, as in PVE::Storage::prune_mark.
-        candidates = [a for a in self.archives_of(job.storage, vmid) if not a.protected]
-        for old in candidates[: max(0, len(candidates) - int(keep))]:
-            self.archives.remove(old)
+        group = self.archives_of(job.storage, vmid)
+        marks = prune_marks(
+            [a.ctime for a in group], retention, self.tz, protected=[a.protected for a in group]
+        )
+        for archive, mark in zip(group, marks, strict=True):
+            if mark == "remove":
+                self.archives.remove(archive)
 
 
 def command_line(job: FakeJob) -> str:

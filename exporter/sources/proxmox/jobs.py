@@ -11,14 +11,17 @@ from exporter.schedule.expressions import Schedule, parse_schedule
 from exporter.sources.proxmox.model import BackupJob, Guest
 
 
-def covered_guests(job: BackupJob, guests: Iterable[Guest]) -> tuple[Guest, ...]:
+def covered_guests(
+    job: BackupJob, guests: Iterable[Guest], *, templates: bool = False
+) -> tuple[Guest, ...]:
     """Return the guests ``job`` backs up: all (minus exclude), a pool or a vmid list.
 
-    ``node`` restricts any selection to that node's guests; templates are never counted.
+    ``node`` restricts any selection to that node's guests; templates are only counted with
+    ``templates=True`` (PVE's ``get_included_guests`` selects them like any guest).
     """
     out = []
     for g in guests:
-        if g.template or (job.node and g.node != job.node):
+        if (g.template and not templates) or (job.node and g.node != job.node):
             continue
         if job.all:
             selected = g.vmid not in job.exclude

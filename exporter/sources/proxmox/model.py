@@ -33,8 +33,9 @@ class Retention:
     def expected(self) -> int | None:
         """How many archives it keeps at most; ``None`` when unbounded (keep-all).
 
-        For a single ``keep-last=N`` that is exactly N once N runs happened. Several keep-*
-        options select overlapping archives, so their sum is an upper bound.
+        The sum of the keep options: an upper bound (each option only covers periods the
+        shorter ones did not), and vzdump's backup limit when ``remove=0``. What PVE really
+        keeps is computed by :mod:`~exporter.sources.proxmox.retention`.
         """
         if self.keep_all or not self.keep:
             return None
@@ -56,6 +57,7 @@ class BackupJob:
     pool: str = ""
     node: str = ""
     retention: Retention | None = None
+    remove: bool = True  # prune after each backup (vzdump's default)
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class Archive:
     size: int
     protected: bool = False
     verified: bool | None = None  # PBS verification: ok True, failed False, none None
+    standard_name: bool = True  # a vzdump/PBS name: pruning applies (others PVE never prunes)
 
 
 @dataclass(frozen=True)

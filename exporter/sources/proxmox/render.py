@@ -13,10 +13,10 @@ Sample exposition::
     # HELP backup_pve_archives Number of backup archives of the guest on the storage.
     # TYPE backup_pve_archives gauge
     backup_pve_archives{source="pve1",storage="nas",vmid="100"} 14.0
-    # HELP backup_pve_retention_target_archives Archives the retention keeps (...).
+    # HELP backup_pve_retention_target_archives Unprotected archives PVE's pruning keeps (...).
     # TYPE backup_pve_retention_target_archives gauge
     backup_pve_retention_target_archives{source="pve1",storage="nas",vmid="100"} 14.0
-    # HELP backup_pve_retention_expected_archives Archives there should be by now (...).
+    # HELP backup_pve_retention_expected_archives Unprotected archives PVE's pruning leaves (...).
     # TYPE backup_pve_retention_expected_archives gauge
     backup_pve_retention_expected_archives{source="pve1",storage="nas",vmid="100"} 14.0
     # HELP backup_pve_retention_projected_bytes Retention target times newest size, per storage.
@@ -30,6 +30,7 @@ from collections.abc import Iterator, Sequence
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from exporter.sources.proxmox.jobs import covered_guests
 from exporter.sources.proxmox.model import Archive, ProxmoxSnapshot
 from exporter.sources.proxmox.retention import (
     effective_retention,
@@ -60,16 +61,26 @@ def _render_guests(src: str, snap: ProxmoxSnapshot) -> Iterator[Metric]:
     )
     not_backed = _gauge(
         "backup_pve_guest_not_backed_up",
-        "1 when no backup job covers the guest (PVE's not-backed-up list).",
+        "1 when no backup job covers the guest (PVE's not-backed-up list; templates only "
+        "when a job covers them).",
         ["source", "vmid"],
     )
+    # PVE's list includes templates no job selects (pve-manager:
+    # PVE/API2/Cluster/BackupInfo.pm, get_guests_not_in_backup, skips none); a template
+    # left out of every job is on purpose, so it is not reported. One a job covers (PVE's
+    # get_included_guests selects templates too) is reported like any guest.
+    templates = {g.vmid for g in snap.guests if g.template}
+    covered_templates = {
+        g.vmid for job in snap.jobs for g in covered_guests(job, snap.guests, templates=True)
+    } & templates
     vmids = set()
     for g in snap.guests:
         info.add_metric([src, str(g.vmid), g.name, g.node, g.guest_type], 1)
-        if not g.template:
+        if not g.template or g.vmid in covered_templates:
             vmids.add(g.vmid)
-    for vmid in sorted(vmids | snap.not_backed_up):
-        not_backed.add_metric([src, str(vmid)], float(vmid in snap.not_backed_up))
+    listed = snap.not_backed_up - (templates - covered_templates)
+    for vmid in sorted(vmids | listed):
+        not_backed.add_metric([src, str(vmid)], float(vmid in listed))
     yield info
     yield not_backed
 
@@ -117,16 +128,16 @@ def _render_archives(src: str, snap: ProxmoxSnapshot, *, grace: float) -> Iterat
             verified.add_metric(values, float(newest.verified))
     target = _gauge(
         "backup_pve_retention_target_archives",
-        "Archives the retention keeps once the job ran often enough "
-        "(keep-last N; several keep-* summed: an upper bound).",
+        "Unprotected archives PVE's pruning keeps once the job ran often enough "
+        "(its prune selection over the schedule's runs).",
         labels,
     )
     for (storage, vmid), n in sorted(retention_targets(snap).items()):
         target.add_metric([src, storage, str(vmid)], n)
     expected = _gauge(
         "backup_pve_retention_expected_archives",
-        "Archives there should be by now: the retention target, capped by the job's runs "
-        "due since the oldest archive (0 without any archive).",
+        "Unprotected archives PVE's pruning leaves by now: the job's runs due since the "
+        "oldest archive, each pruned as PVE does (0 without any archive).",
         labels,
     )
     for (storage, vmid), n in sorted(expected_archives(snap, grace=grace).items()):

@@ -94,6 +94,7 @@ def parse_jobs(data: Any) -> tuple[BackupJob, ...]:
                 pool=r.text("pool", ""),
                 node=r.text("node", ""),
                 retention=_retention(item.get("prune-backups"), what),
+                remove=r.flag("remove", default=True),
             )
         )
     return tuple(sorted(jobs, key=lambda j: j.id))
@@ -180,6 +181,7 @@ def parse_content(data: Any, node: str, storage: str, tz: str) -> list[Archive]:
                 size=r.integer("size", 0),
                 protected=r.flag("protected"),
                 verified=verified,
+                standard_name=name is not None,
             )
         )
     return archives
