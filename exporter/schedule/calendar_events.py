@@ -715,10 +715,14 @@ class PveCalendarSchedule(CalendarSchedule):
         return None
 
     def _next_utc(self, t: datetime) -> datetime | None:
+        if not self._possible:  # 02-30: proxmox-time too gives up (after 1000 rounds)
+            return None
         found = self._first_after(int(t.timestamp()))
         return None if found is None else datetime.fromtimestamp(found, UTC)
 
     def _latest_utc(self, t: datetime) -> datetime | None:
+        if not self._possible:
+            return None
         end = int(t.timestamp())
         hint = super()._latest_utc(t)
         if hint is not None:
