@@ -34,6 +34,7 @@ EXPORTED = {
     "backup_state_up",
     "backup_state_error_info",
     "backup_job_info",
+    "backup_job_conflicts",
     "backup_job_expected_start_timestamp_seconds",
     "backup_job_next_start_timestamp_seconds",
     "backup_job_start_deadline_timestamp_seconds",

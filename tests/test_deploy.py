@@ -19,15 +19,18 @@ SECRETS = (
     "B2_APPLICATION_KEY",
     "STORJ_ACCESS_KEY_ID",
     "STORJ_SECRET_ACCESS_KEY",
+    "HC_API_KEY",
 )
 
 
 def test_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in SECRETS:
         monkeypatch.setenv(name, f"example-{name.lower()}")
+    monkeypatch.setenv("HC_API_KEY", "k" * 32)  # Healthchecks keys are 32 characters
     config = load_config(DEPLOY / "config.example.yml")
-    assert set(config.sources) == {"pve1", "truenas", "smart", "ha-backups", "b2", "storj"}
-    assert set(config.jobs) == {"ha-daily", "b2-immich", "storj-immich", "smart-long"}
+    assert set(config.sources) == {"pve1", "truenas", "smart", "hc", "ha-backups", "b2", "storj"}
+    # Offsite run evidence is discovered (cloudsync-*, hc-*), never a bucket's newest object.
+    assert set(config.jobs) == {"ha-daily", "smart-long"}
 
 
 def test_example_config_names_every_missing_secret() -> None:

@@ -216,6 +216,11 @@ async def test_missed_run_is_overdue_exactly_after_the_grace(
     assert got[key("backup_healthchecks_check_status", check="b2-daily", status="grace")] == 1
     assert got[key("backup_healthchecks_check_up", check="b2-daily")] == 1
     assert got[job("backup_job_overdue", "hc-b2-daily")] == 0
+    # In its grace time the check is late: not failed, not ok.
+    assert got[job("backup_job_failed", "hc-b2-daily")] == 0
+    assert got[key("backup_job_state", backup_job="hc-b2-daily", vmid="", state="late")] == 1
+    assert got[key("backup_job_state", backup_job="hc-b2-daily", vmid="", state="ok")] == 0
+    assert got[key("backup_job_state", backup_job="hc-b2-daily", vmid="", state="failed")] == 0
     clock.advance(120)
     # Overdue from the schedule alone, before the next poll...
     assert values(collect(poller, clock))[job("backup_job_overdue", "hc-b2-daily")] == 1
@@ -226,6 +231,7 @@ async def test_missed_run_is_overdue_exactly_after_the_grace(
     assert got[key("backup_healthchecks_check_up", check="b2-daily")] == 0
     assert got[job("backup_job_overdue", "hc-b2-daily")] == 1
     assert got[job("backup_job_failed", "hc-b2-daily")] == 1
+    assert got[key("backup_job_state", backup_job="hc-b2-daily", vmid="", state="late")] == 0
     assert key("backup_healthchecks_next_ping_timestamp_seconds", check="b2-daily") not in got
     assert got[job("backup_job_overdue", "hc-storj-weekly")] == 0
 

@@ -14,6 +14,17 @@ Sample exposition::
     # HELP backup_source_api_requests_total API calls made to the source.
     # TYPE backup_source_api_requests_total counter
     backup_source_api_requests_total{class="",kind="proxmox",source="pve1"} 42.0
+    # HELP backup_job_conflicts Jobs dropped now because another job has the same labels.
+    # TYPE backup_job_conflicts gauge
+    backup_job_conflicts{source="hc"} 0.0
+
+Job name collisions. A job's series are identified by ``(backup_job, source, vmid)``; two jobs
+with the same labels would make duplicate series. Config jobs named in a discovering source's
+scheme are refused at load time (``exporter.core.config._job_name_clashes``); whatever can
+still collide at run time (two tasks a system names alike, a discovered name no scheme
+predicted) is resolved here: the first job keeps the labels (discovered jobs come before the
+``jobs:`` entries), each later one is dropped, logged once per conflict (again only if it
+ends and comes back) and counted in ``backup_job_conflicts{source}``.
 """
 
 from __future__ import annotations
@@ -43,6 +54,14 @@ from exporter.schedule.jobs import (
 )
 
 log = logging.getLogger(__name__)
+
+JobLabels = tuple[str, str, str]
+"""``(backup_job, source, vmid)``: what identifies a job's series."""
+
+
+def job_labels(spec: JobSpec) -> JobLabels:
+    """Return the labels that identify ``spec``'s series."""
+    return spec.name, spec.source, spec.labels.get("vmid", "")
 
 
 def config_job_specs(jobs: Mapping[str, JobConfig]) -> list[JobSpec]:
@@ -77,6 +96,23 @@ def _noted(families: Iterable[Metric]) -> Iterator[Metric]:
         yield family
 
 
+def _without_duplicates(
+    candidates: Iterable[tuple[JobSpec, Evidence, bool, str]],
+) -> tuple[list[tuple[JobSpec, Evidence, bool, str]], list[tuple[JobSpec, str]]]:
+    """Keep the first job with each set of labels; return the kept and the dropped ones."""
+    seen: set[JobLabels] = set()
+    kept: list[tuple[JobSpec, Evidence, bool, str]] = []
+    dropped: list[tuple[JobSpec, str]] = []
+    for candidate in candidates:
+        labels = job_labels(candidate[0])
+        if labels in seen:
+            dropped.append((candidate[0], candidate[3]))
+        else:
+            seen.add(labels)
+            kept.append(candidate)
+    return kept, dropped
+
+
 class SnapshotCollector:
     """A prometheus_client collector over the pollers' latest snapshots."""
 
@@ -103,6 +139,9 @@ class SnapshotCollector:
         )
         for poller in pollers:
             poller.on_success = self.persist
+        # Job conflicts of the last evaluation (source -> count) and the ones already logged.
+        self.conflicts: dict[str, int] = {}
+        self._logged_conflicts: set[tuple[JobLabels, str]] = set()
 
     def describe(self) -> Iterable[Metric]:
         """Describe nothing, so registering never triggers a collect."""
@@ -139,6 +178,15 @@ class SnapshotCollector:
                 continue
             yield from _noted(families)
         yield from _noted(render_jobs(self.job_statuses()))
+        conflicts = GaugeMetricFamily(
+            "backup_job_conflicts",
+            "Jobs dropped now because another job has the same labels "
+            "(backup_job, source, vmid); see the log.",
+            labels=["source"],
+        )
+        for source in sorted({p.name for p in self.pollers} | set(self.conflicts)):
+            conflicts.add_metric([source], float(self.conflicts.get(source, 0)))
+        yield from _noted([conflicts])
 
     def _discovered(self, poller: Poller) -> list[tuple[JobSpec, Evidence]] | None:
         snapshot = poller.state.snapshot
@@ -163,16 +211,37 @@ class SnapshotCollector:
         return evaluate(spec, evidence, now, first_seen=first_seen, known=known)
 
     def job_statuses(self) -> list[JobStatus]:
-        """Evaluate every job (config and discovered) at the clock's now."""
+        """Evaluate every job (config and discovered) at the clock's now, without duplicates."""
         now = self.clock.time()
-        statuses: list[JobStatus] = []
+        candidates: list[tuple[JobSpec, Evidence, bool, str]] = []
         for poller in self.pollers:
             for spec, evidence in self._discovered(poller) or ():
-                statuses.append(self._evaluate(spec, evidence, now, known=True))
+                candidates.append((spec, evidence, True, "discovered"))
         for spec in self._job_specs:
             evidence, known = self._config_evidence(spec)
-            statuses.append(self._evaluate(spec, evidence, now, known=known))
-        return statuses
+            candidates.append((spec, evidence, known, "config"))
+        kept, dropped = _without_duplicates(candidates)
+        self._note_conflicts(dropped)
+        return [self._evaluate(spec, ev, now, known=known) for spec, ev, known, _ in kept]
+
+    def _note_conflicts(self, dropped: list[tuple[JobSpec, str]]) -> None:
+        counts: dict[str, int] = {}
+        current: set[tuple[JobLabels, str]] = set()
+        for spec, origin in dropped:
+            labels = job_labels(spec)
+            counts[spec.source] = counts.get(spec.source, 0) + 1
+            current.add((labels, origin))
+            if (labels, origin) not in self._logged_conflicts:
+                log.warning(
+                    "job conflict: %s job %r of source %r (vmid %r) has the labels of another "
+                    "job; it is dropped (rename it in jobs:, or tell the two apart upstream)",
+                    origin,
+                    spec.name,
+                    spec.source,
+                    labels[2],
+                )
+        self._logged_conflicts = current
+        self.conflicts = counts
 
     def _config_evidence(self, spec: JobSpec) -> tuple[Evidence, bool]:
         """Return the evidence of a ``jobs:`` entry and whether its source was ever read."""
@@ -210,10 +279,11 @@ class SnapshotCollector:
             if spec.source == poller.name
         }
         specs = {spec.name: spec for spec in self._job_specs}
-        statuses = [self._evaluate(s, e, now, known=True) for s, e in discovered]
-        statuses += [
-            self._evaluate(specs[name], ev, now, known=True) for name, ev in config.items()
-        ]
+        candidates = [(s, e, True, "discovered") for s, e in discovered]
+        candidates += [(specs[name], ev, True, "config") for name, ev in config.items()]
+        # Runs are kept per job labels: a dropped duplicate must not add to the other's history.
+        kept, _ = _without_duplicates(candidates)
+        statuses = [self._evaluate(s, e, now, known=True) for s, e, _, _ in kept]
         self._bootstrap.discard(poller.name)
         self.keeper.record(
             poller.name,

@@ -178,6 +178,14 @@ class SourceConfig(ConfigSection):
     # inside a window are reason ``offline`` and BackupSourceDown stays quiet.
     offline: tuple[OfflineWindowConfig, ...] = ()
 
+    def discovered_job_prefixes(self) -> tuple[str, ...]:
+        """Return the name prefixes of the jobs this source discovers (with ``vmid=""``).
+
+        A ``jobs:`` entry fed by this source must not use them: its labels could equal a
+        discovered job's (a config error, found at load time; see ``parse_config``).
+        """
+        return ()
+
     def offline_windows(self, default_timezone: str) -> tuple[Any, ...]:
         """Build the :class:`~exporter.schedule.windows.OfflineWindow` of each ``offline:``."""
         from exporter.schedule.expressions import parse_schedule  # noqa: PLC0415
@@ -407,6 +415,30 @@ def _check_evidence(
     return evidence
 
 
+def _job_name_clashes(
+    jobs: Mapping[str, JobConfig], sources: Mapping[str, SourceConfig]
+) -> Iterator[tuple[Loc, str]]:
+    """Yield each ``jobs:`` entry named in the scheme of the jobs its source discovers.
+
+    A config job's labels are ``(name, evidence source, vmid="")``. Which names a source will
+    discover is not known before it is read, but their scheme is (``hc-<check>``,
+    ``cloudsync-<task>``, ``scrub-<pool>``; PVE jobs always carry a vmid): such a name is
+    refused here rather than risk two jobs with one set of labels.
+    """
+    for name, job in jobs.items():
+        source = sources.get(job.evidence.get("source", ""))
+        if source is None:
+            continue
+        for prefix in source.discovered_job_prefixes():
+            if name.startswith(prefix):
+                yield (
+                    ("jobs", name),
+                    f"the name is in the scheme of the jobs source {source.name!r} discovers "
+                    f"({prefix}...); a discovered job could have the same labels: rename it",
+                )
+                break
+
+
 def parse_config(
     text: str, *, base_dir: Path | None = None, kinds: Mapping[str, KindSpec] | None = None
 ) -> Config:
@@ -494,6 +526,8 @@ def parse_config(
             if len(loc) > 2 and loc[0] == "sources" and loc[2] == source_kinds.get(str(loc[1])):
                 loc = (*loc[:2], *loc[3:])
             found.append((loc, phrase(error)))
+    if parsed is not None:
+        found.extend(_job_name_clashes(getattr(parsed, "jobs", {}), getattr(parsed, "sources", {})))
     if found:
         raise ConfigError([f"{_where(loc)}: {message}" for loc, message in dict.fromkeys(found)])
     assert parsed is not None

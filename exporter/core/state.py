@@ -60,6 +60,7 @@ def encode_job(spec: JobSpec, evidence: Evidence) -> dict[str, Any]:
         "source": spec.source,
         "schedule": spec.schedule.expression,
         "timezone": str(spec.schedule.tz),
+        "dst": spec.schedule.dst,
         "grace": spec.grace,
         "start_grace": spec.start_grace,
         "labels": dict(spec.labels),
@@ -73,7 +74,9 @@ def decode_job(data: Mapping[str, Any]) -> tuple[JobSpec, Evidence] | None:
         spec = JobSpec(
             name=str(data["name"]),
             source=str(data["source"]),
-            schedule=parse_schedule(str(data["schedule"]), str(data["timezone"])),
+            schedule=parse_schedule(
+                str(data["schedule"]), str(data["timezone"]), dst=data.get("dst", "cron")
+            ),
             grace=float(data["grace"]),
             start_grace=None if data["start_grace"] is None else float(data["start_grace"]),
             labels={str(k): str(v) for k, v in data["labels"].items()},

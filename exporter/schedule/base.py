@@ -41,6 +41,8 @@ class Schedule(ABC):
     """The original expression text."""
     tz: ZoneInfo
     """The zone whose wall clock the expression is evaluated on."""
+    dst: str = "cron"
+    """The DST rule: ``"cron"`` (Debian cron's) or ``"pve"`` (PVE's scheduler's)."""
 
     @abstractmethod
     def _next_utc(self, t: datetime) -> datetime | None:

@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 
 from exporter.schedule.base import LOOKBACK, Schedule, ScheduleError
 
-__all__ = ["MAX_YEAR", "CalendarSchedule"]
+__all__ = ["MAX_YEAR", "CalendarSchedule", "PveCalendarSchedule"]
 
 MAX_YEAR = 2200
 """Like systemd and proxmox-time, calendar events have no starts from this year on."""
@@ -79,6 +79,9 @@ class _CalendarSpec:
     seconds: tuple[int, ...]  # sorted
     wall_clock: bool  # explicit hour and minute: the fixed-time DST rules apply
     utc: bool  # trailing "UTC"
+    # The same fields as written (None = "*"), for the PVE engine, which walks them as
+    # proxmox-time does rather than as sets bounded by the field maximum.
+    items: tuple[_Items, _Items, _Items, _Items, _Items, _Items] = (None,) * 6
 
 
 def _number(text: str, name: str, low: int, high: int) -> int:
@@ -96,31 +99,65 @@ def _step(text: str, name: str) -> int:
     return int(text)
 
 
-def _parse_values(text: str, name: str, low: int, high: int, star_start: int) -> set[int]:
+@dataclass(frozen=True)
+class _Item:
+    """One comma-separated value of a field: ``N``, ``A..B``, ``N/S`` or ``A..B/S``.
+
+    The shape of proxmox-time's ``DateTimeValue`` (Single, Range, Repeated): ``end`` is
+    ``None`` for ``N/S``, which repeats without bound (past the field maximum), as there.
+    """
+
+    start: int
+    end: int | None
+    step: int = 1
+
+    def contains(self, value: int) -> bool:
+        if value < self.start or (self.end is not None and value > self.end):
+            return False
+        return (value - self.start) % self.step == 0
+
+    def next_above(self, value: int) -> int | None:
+        """Return the smallest member greater than ``value``, or ``None``."""
+        if value < self.start:
+            return self.start
+        found = self.start + ((value - self.start) // self.step + 1) * self.step
+        return found if self.end is None or found <= self.end else None
+
+
+_Items = tuple[_Item, ...] | None
+"""A field's values; ``None`` is ``*`` (every value)."""
+
+
+def _parse_items(text: str, name: str, low: int, high: int, star_start: int) -> _Items:
     """Parse ``*``, ``*/S`` or a comma list of ``N``, ``A..B``, ``N/S``, ``A..B/S``."""
     if not text:
         raise _InvalidError(f"missing {name}")
     if text == "*":
-        return set(range(low, high + 1))
+        return None
     if text.startswith("*/"):
-        return set(range(star_start, high + 1, _step(text[2:], name)))
-    values: set[int] = set()
+        return (_Item(star_start, None, _step(text[2:], name)),)
+    items: list[_Item] = []
     for item in text.split(","):
         if not item:
             raise _InvalidError(f"empty {name} value in {text!r}")
         body, slash, step_text = item.partition("/")
         first, dots, last = body.partition("..")
         start = _number(first, name, low, high)
-        if dots:
-            end = _number(last, name, low, high)
-        elif slash:
-            end = high  # N/S: N, N+S, ... up to the field maximum
-        else:
-            end = start
-        if end < start:
+        end: int | None = _number(last, name, low, high) if dots else None
+        if end is not None and end < start:
             raise _InvalidError(f"{name} range {body!r} runs backwards")
-        values.update(range(start, end + 1, _step(step_text, name) if slash else 1))
-    return values
+        if slash:
+            items.append(_Item(start, end, _step(step_text, name)))
+        else:
+            items.append(_Item(start, start if end is None else end))
+    return tuple(items)
+
+
+def _expand(items: _Items, low: int, high: int) -> set[int]:
+    """Return the values of ``items`` in ``low..high`` (``N/S``: N, N+S, ... up to ``high``)."""
+    if items is None:
+        return set(range(low, high + 1))
+    return {v for v in range(low, high + 1) if any(item.contains(v) for item in items)}
 
 
 def _weekday(name: str) -> int:
@@ -166,6 +203,9 @@ def _parse_calendar(expression: str) -> _CalendarSpec:
     years: tuple[int, ...] | None = None
     months = set(range(1, 13))
     days = set(range(1, 32))
+    year_items: _Items = None
+    month_items: _Items = None
+    day_items: _Items = None
     if tokens and "-" in tokens[0]:
         date_token = tokens.pop(0)
         if "~" in date_token:
@@ -174,14 +214,21 @@ def _parse_calendar(expression: str) -> _CalendarSpec:
             )
         parts = date_token.split("-")
         if len(parts) == 3:
-            if parts[0] != "*":
-                years = tuple(sorted(_parse_values(parts[0], "year", 0, MAX_YEAR - 1, 0)))
+            year_items = _parse_items(parts[0], "year", 0, MAX_YEAR - 1, 0)
+            if year_items is not None:
+                years = tuple(sorted(_expand(year_items, 0, MAX_YEAR - 1)))
             parts = parts[1:]
         if len(parts) != 2:
             raise _InvalidError(f"bad date {date_token!r} (expected [YEARS-]MONTHS-DAYS)")
-        months = _parse_values(parts[0], "month", 1, 12, 1)
-        days = _parse_values(parts[1], "day", 1, 31, 1)
+        month_items = _parse_items(parts[0], "month", 1, 12, 1)
+        day_items = _parse_items(parts[1], "day", 1, 31, 1)
+        months = _expand(month_items, 1, 12)
+        days = _expand(day_items, 1, 31)
 
+    midnight = (_Item(0, 0),)
+    hour_items: _Items = midnight
+    minute_items: _Items = midnight
+    second_items: _Items = midnight
     hours, minutes, seconds = {0}, {0}, {0}
     wall_clock = True
     if tokens and not tokens[0][:1].isalpha():
@@ -192,9 +239,13 @@ def _parse_calendar(expression: str) -> _CalendarSpec:
         if len(parts) == 1:  # minutes only, every hour
             parts = ["*", parts[0]]
             wall_clock = False
-        hours = _parse_values(parts[0], "hour", 0, 23, 0)
-        minutes = _parse_values(parts[1], "minute", 0, 59, 0)
-        seconds = _parse_values(parts[2], "second", 0, 59, 0) if len(parts) == 3 else {0}
+        hour_items = _parse_items(parts[0], "hour", 0, 23, 0)
+        minute_items = _parse_items(parts[1], "minute", 0, 59, 0)
+        if len(parts) == 3:
+            second_items = _parse_items(parts[2], "second", 0, 59, 0)
+        hours = _expand(hour_items, 0, 23)
+        minutes = _expand(minute_items, 0, 59)
+        seconds = _expand(second_items, 0, 59)
         wall_clock = wall_clock and not parts[0].startswith("*") and not parts[1].startswith("*")
     if tokens:
         raise _InvalidError(
@@ -211,6 +262,7 @@ def _parse_calendar(expression: str) -> _CalendarSpec:
         seconds=tuple(sorted(seconds)),
         wall_clock=wall_clock,
         utc=utc,
+        items=(year_items, month_items, day_items, hour_items, minute_items, second_items),
     )
 
 
@@ -437,3 +489,267 @@ class CalendarSchedule(Schedule):
                 return start
             day = self._prev_matching_day(day - _DAY, floor)
         return None
+
+
+# ---- PVE's own evaluation
+
+_EPOCH = datetime(1970, 1, 1)
+_PVE_ROUNDS = 1001
+"""proxmox-time gives up (no next event) after this many rounds of its search."""
+_MKTIME_PROBES = 6
+"""glibc's mktime gives up after this many conversions."""
+
+
+class _TmClock:
+    """A broken-down local time that every edit renormalises, as PVE's ``TmEditor`` does.
+
+    proxmox-time (github.com/proxmox/proxmox-rs, ``proxmox-time/src/tm_editor.rs``,
+    ``TmEditor``) keeps a ``libc::tm`` and, after every edit, renormalises it through
+    ``timelocal`` (``proxmox-time/src/posix.rs``: ``tm_isdst = -1``, then ``libc::mktime``).
+    glibc's ``mktime`` (``time/mktime.c``, ``__mktime_internal``) is what gives PVE its DST
+    rule; this class reproduces it on ``zoneinfo`` (our code, the rule learned from there):
+
+    * the wall clock is first made linear (out-of-range months, days, hours, minutes roll over);
+    * the instant is found by probing: guess an offset, convert, correct by the error, at
+      most 6 conversions. The first guess is the offset *the previous conversion* ended with
+      (glibc keeps it in a static variable), so inside a repeated hour the occurrence chosen
+      is the one whose offset was last in use;
+    * a wall time inside a gap makes the probes oscillate between the two offsets; glibc then
+      keeps the probe whose local time is DST when only one is (else the one it is on), so
+      ``02:30`` on Europe/Berlin's spring day is read with the winter offset and becomes
+      03:30 CEST, "the gap size later";
+    * the edited struct becomes the local time of the instant found (03:30 in that case).
+
+    glibc's remembered offset depends on the scheduler process's previous conversion, which
+    no exporter can see; a search here starts with the offset in force at its starting
+    instant (what the search's own first conversion would leave). That only matters for a
+    search that starts inside a repeated hour.
+    """
+
+    def __init__(self, tz: ZoneInfo, instant: int) -> None:
+        self._tz = tz
+        self.guess = self._offset(instant)[0]
+        self.instant = instant
+        self.wall = self._local(instant)
+
+    def _offset(self, instant: int) -> tuple[int, bool]:
+        at = datetime.fromtimestamp(instant, self._tz)
+        offset, dst = at.utcoffset(), at.dst()
+        return int(offset.total_seconds()) if offset else 0, bool(dst)
+
+    def _local(self, instant: int) -> datetime:
+        return datetime.fromtimestamp(instant, self._tz).replace(tzinfo=None)
+
+    def mktime(self, wall: datetime) -> int:
+        """Return the instant glibc's ``mktime`` (``tm_isdst = -1``) gives ``wall``."""
+        w = int((wall - _EPOCH).total_seconds())
+        t = t1 = t2 = w - self.guess
+        dst2 = False
+        for _ in range(_MKTIME_PROBES):
+            offset, dst = self._offset(t)
+            error = w - (t + offset)
+            if error == 0:
+                break
+            if t == t1 and t != t2 and dst2 <= dst:
+                break  # oscillating around a gap: keep this probe
+            t1, t2, t, dst2 = t2, t, t + error, dst
+        else:
+            raise _InvalidError(f"no local time {wall.isoformat()} in {self._tz.key}")
+        self.guess = w - t
+        return t
+
+    def _set(self, y: int, mon0: int, d: int, h: int, mi: int, s: int) -> None:  # noqa: PLR0917
+        """Set the fields (month 0-based, any may be out of range) and renormalise."""
+        first = date(y + mon0 // 12, mon0 % 12 + 1, 1)
+        wall = datetime.combine(first, time()) + timedelta(
+            days=d - 1, hours=h, minutes=mi, seconds=s
+        )
+        self.instant = self.mktime(wall)
+        self.wall = self._local(self.instant)
+
+    # The edits of TmEditor: an add resets every smaller field to its minimum.
+    def add_years(self, n: int) -> None:
+        self._set(self.wall.year + n, 0, 1, 0, 0, 0)
+
+    def add_months(self, n: int) -> None:
+        self._set(self.wall.year, self.wall.month - 1 + n, 1, 0, 0, 0)
+
+    def add_days(self, n: int) -> None:
+        w = self.wall
+        self._set(w.year, w.month - 1, w.day + n, 0, 0, 0)
+
+    def set_time(self, h: int, mi: int, s: int) -> None:
+        w = self.wall
+        self._set(w.year, w.month - 1, w.day, h, mi, s)
+
+    def set_min_sec(self, mi: int, s: int) -> None:
+        w = self.wall
+        self._set(w.year, w.month - 1, w.day, w.hour, mi, s)
+
+    def set_sec(self, s: int) -> None:
+        w = self.wall
+        self._set(w.year, w.month - 1, w.day, w.hour, w.minute, s)
+
+
+def _contains(items: _Items, value: int) -> bool:
+    return items is None or any(item.contains(value) for item in items)
+
+
+def _next_above(items: tuple[_Item, ...], value: int) -> int | None:
+    found = [n for item in items if (n := item.next_above(value)) is not None]
+    return min(found) if found else None
+
+
+class PveCalendarSchedule(CalendarSchedule):
+    """A calendar event evaluated exactly as PVE's scheduler evaluates it (``dst="pve"``).
+
+    ``pvescheduler`` runs a job when ``compute_next_event(last run's start)`` has passed
+    (github.com/proxmox/pve-manager, ``PVE/Jobs.pm``, ``run_jobs``; via pve-common
+    ``PVE/CalendarEvent.pm`` -> ``Proxmox::RS::CalendarEvent``). That function
+    (github.com/proxmox/proxmox-rs, ``proxmox-time/src/calendar_event.rs``,
+    ``CalendarEvent::compute_next_event``) starts one second after ``last`` and repeatedly
+    checks year, month, day, weekday, hour, minute and second in that order; the first field
+    that does not match is moved to its next allowed value (smaller fields reset) or, when
+    there is none, the next larger unit is advanced; every move renormalises through glibc's
+    ``mktime`` (:class:`_TmClock`); after 1000 rounds it gives up. Its DST rule follows:
+
+    1. Spring forward (Europe/Berlin 2026-03-29, 02:00-03:00 missing): moving to hour 2
+       lands on 03:00 CEST, which no longer matches hour 2, so ``02:30`` does not run that
+       day at all (the cron rule runs it at 03:00); ``*/30`` runs 01:30 CET then 03:00 CEST.
+    2. Fall back (2026-10-25, 02:00-03:00 twice): ``02:30`` runs once, at 02:30 CEST (the
+       first occurrence: the search reaches hour 2 from 00:00 or 01:00, summer time);
+       ``*/30`` runs 02:00 and 02:30 CEST and then 03:00 CET: the second 02:00-03:00 is
+       skipped (moving from 02:59 to hour 3 lands after it), where the cron rule runs it.
+    3. Outside the changed hour both rules agree, except for proxmox-time's own reading of
+       ``N/S``, which repeats past the field maximum: ``0,10/20`` (minutes) after :50 goes to
+       "minute 70", i.e. :10 of the next hour, skipping :00.
+
+    :meth:`latest_at_or_before` is the latest instant ``s <= t`` that this search returns;
+    the set engine's answer is tried first and kept when the search agrees with it.
+    """
+
+    dst = "pve"
+
+    def __init__(self, expression: str, tz: ZoneInfo) -> None:
+        super().__init__(expression, tz)
+        self._cache: dict[int, int | None] = {}
+
+    def _compute_next(self, last: int) -> int | None:
+        """proxmox-time's ``compute_next_event(last)``: Unix seconds or ``None``."""
+        spec = self._spec
+        years, months, days, hours, minutes, seconds = spec.items
+        every_day = len(spec.weekdays) == 7
+        clock = _TmClock(self.tz, last + 1)
+        for _ in range(_PVE_ROUNDS):
+            w = clock.wall
+            if years is not None and not _contains(years, w.year):
+                n = _next_above(years, w.year)
+                if n is None:
+                    return None
+                clock.add_years(n - w.year)
+            elif months is not None and not _contains(months, w.month):
+                n = _next_above(months, w.month)
+                if n is None:
+                    clock.add_years(1)
+                else:
+                    clock.add_months(n - w.month)
+            elif days is not None and not _contains(days, w.day):
+                n = _next_above(days, w.day)
+                if n is None:
+                    clock.add_months(1)
+                else:
+                    clock.add_days(n - w.day)
+            elif not every_day and w.weekday() not in spec.weekdays:
+                later = [d for d in range(w.weekday() + 1, 7) if d in spec.weekdays]
+                clock.add_days((later[0] if later else 7) - w.weekday())
+            elif hours is not None and not _contains(hours, w.hour):
+                n = _next_above(hours, w.hour)
+                if n is None:
+                    clock.add_days(1)
+                else:
+                    clock.set_time(n, 0, 0)
+            elif minutes is not None and not _contains(minutes, w.minute):
+                n = _next_above(minutes, w.minute)
+                if n is None:
+                    clock.set_time(w.hour + 1, 0, 0)
+                else:
+                    clock.set_min_sec(n, 0)
+            elif seconds is not None and not _contains(seconds, w.second):
+                n = _next_above(seconds, w.second)
+                if n is None:
+                    clock.set_min_sec(w.minute + 1, 0)
+                else:
+                    clock.set_sec(n)
+            else:
+                return clock.mktime(w)  # TmEditor::into_epoch
+        return None
+
+    def _pve_next(self, last: int) -> int | None:
+        if last not in self._cache:
+            if len(self._cache) > 256:
+                self._cache.clear()
+            try:
+                self._cache[last] = self._compute_next(last)
+            except (_InvalidError, OverflowError, ValueError):
+                self._cache[last] = None  # libc::mktime failed: PVE finds no event either
+        return self._cache[last]
+
+    def _origin(self, instant: int) -> int:
+        """Where to start a search that must answer the first start after ``instant``.
+
+        Inside a repeated hour, the same wall time at its first occurrence: the scheduler
+        reaches that hour from the first occurrence (its last run is before it), so a search
+        from the second occurrence would find starts its chain of runs never visits.
+        """
+        wall = datetime.fromtimestamp(instant, self.tz).replace(tzinfo=None)
+        first = int(wall.replace(tzinfo=self.tz, fold=0).timestamp())
+        return min(first, instant)
+
+    def _first_after(self, instant: int) -> int | None:
+        """Return the first start strictly after ``instant`` on the scheduler's chain of runs."""
+        found = self._pve_next(self._origin(instant))
+        for _ in range(4000):  # at most an hour of per-second starts
+            if found is None or found > instant:
+                return found
+            found = self._pve_next(found)
+        return None
+
+    def _next_utc(self, t: datetime) -> datetime | None:
+        if not self._possible:  # 02-30: proxmox-time too gives up (after 1000 rounds)
+            return None
+        found = self._first_after(int(t.timestamp()))
+        return None if found is None else datetime.fromtimestamp(found, UTC)
+
+    def _latest_utc(self, t: datetime) -> datetime | None:
+        if not self._possible:
+            return None
+        end = int(t.timestamp())
+        hint = super()._latest_utc(t)
+        if hint is not None:
+            h = int(hint.timestamp())
+            if self._first_after(h - 1) == h and not self._starts_by(h, end):
+                return hint
+        # The smallest look-back d with a start in (end - d, end]: gallop, then bisect.
+        horizon = int(LOOKBACK.total_seconds())
+        d = 1
+        while not self._starts_by(end - d, end):
+            if d >= horizon:
+                return None
+            d = min(d * 2, horizon)
+        low, high = d // 2, d  # no start in (end - low, end]; one in (end - high, end]
+        while high - low > 1:
+            mid = (low + high) // 2
+            if self._starts_by(end - mid, end):
+                high = mid
+            else:
+                low = mid
+        latest = self._first_after(end - high)
+        assert latest is not None
+        while (following := self._first_after(latest)) is not None and following <= end:
+            latest = following
+        return datetime.fromtimestamp(latest, UTC)
+
+    def _starts_by(self, after: int, end: int) -> bool:
+        """Whether the first start after ``after`` is at or before ``end``."""
+        found = self._first_after(after)
+        return found is not None and found <= end

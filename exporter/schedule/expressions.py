@@ -38,9 +38,16 @@ Compare results as instants (``.timestamp()`` or ``.astimezone(UTC)``): by PEP 4
 datetime inside a repeated hour never ``==`` one in another zone, and two datetimes in the same
 zone compare by wall clock, ignoring ``fold``.
 
-Proxmox's own scheduler may differ inside the changed hour (glibc ``mktime`` normalisation makes it
-skip ``02:30`` on the spring day and can repeat it on the autumn day); only jobs scheduled between
-02:00 and 03:00 local time can notice.
+That is the rule for the ``jobs:`` of the config and for everything but PVE (``dst="cron"``, the
+default). PVE's own jobs are evaluated as PVE's scheduler evaluates them (``dst="pve"``,
+:class:`~exporter.schedule.calendar_events.PveCalendarSchedule`: proxmox-time's
+``compute_next_event`` over glibc ``mktime``), which differs only inside the changed hour:
+
+1. spring forward: a wall-clock start inside the gap does not run that day (``02:30`` is skipped
+   on 2026-03-29; the cron rule runs it at 03:00); an interval schedule skips the gap, as in cron;
+2. fall back: ``02:30`` runs once, at the first occurrence, as in cron; an interval schedule runs
+   through the first occurrence only and skips the repeated hour (``*/30``: 02:00 CEST,
+   02:30 CEST, 03:00 CET), where cron runs it twice.
 
 :meth:`Schedule.latest_at_or_before` is exact with respect to :meth:`Schedule.next_after` (it is
 the "expected start"); it looks back at most :data:`LOOKBACK` and returns ``None`` when nothing
@@ -52,10 +59,11 @@ from __future__ import annotations
 
 from datetime import datetime
 from itertools import islice
+from typing import Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from exporter.schedule.base import LOOKBACK, NoNextStartError, Schedule, ScheduleError
-from exporter.schedule.calendar_events import MAX_YEAR, CalendarSchedule
+from exporter.schedule.calendar_events import MAX_YEAR, CalendarSchedule, PveCalendarSchedule
 from exporter.schedule.cron import CronSchedule
 
 __all__ = [
@@ -63,7 +71,9 @@ __all__ = [
     "MAX_YEAR",
     "CalendarSchedule",
     "CronSchedule",
+    "DstRule",
     "NoNextStartError",
+    "PveCalendarSchedule",
     "Schedule",
     "ScheduleError",
     "parse_schedule",
@@ -80,15 +90,25 @@ def _zone(tz: str | ZoneInfo) -> ZoneInfo:
         raise ScheduleError(f"unknown time zone {tz!r}") from None
 
 
-def parse_schedule(expression: str, tz: str | ZoneInfo) -> Schedule:
+DstRule = Literal["cron", "pve"]
+DST_RULES: tuple[DstRule, ...] = get_args(DstRule)
+
+
+def parse_schedule(expression: str, tz: str | ZoneInfo, *, dst: DstRule = "cron") -> Schedule:
     """Parse a cron expression (exactly 5 fields) or a Proxmox calendar event, evaluated in ``tz``.
 
-    Raises :class:`ScheduleError` for an invalid expression or an unknown time zone.
+    ``dst="pve"`` evaluates a calendar event (only: PVE has no cron syntax) exactly as PVE's
+    scheduler does, DST rule included. Raises :class:`ScheduleError` for an invalid
+    expression, an unknown time zone or an unknown rule.
     """
     zone = _zone(tz)
     fields = expression.split()
     if not fields:
         raise ScheduleError("empty schedule expression")
+    if dst == "pve":
+        return PveCalendarSchedule(expression, zone)
+    if dst != "cron":
+        raise ScheduleError(f"unknown DST rule {dst!r} (expected one of {', '.join(DST_RULES)})")
     if len(fields) == 5:
         return CronSchedule(expression, zone)
     if len(fields) > 5:

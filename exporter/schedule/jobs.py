@@ -29,7 +29,8 @@ State. ``backup_job_state{state}`` is a state set with exactly one of :data:`STA
 * ``failed``: the last run failed (and no run is in progress);
 * ``overdue``: ``backup_job_overdue`` is 1;
 * ``late``: past the start deadline without a start or a success since the expected start,
-  not yet past the finish deadline;
+  not yet past the finish deadline; or the evidence says so (``Evidence.late``: a
+  Healthchecks check in its grace time);
 * ``running``: a run is in progress;
 * ``ok``: otherwise.
 
@@ -70,6 +71,9 @@ class Evidence:
     running: bool = False
     # Task logs and pings record starts; a newest-file or newest-object time does not.
     tracks_start: bool = False
+    # The system itself says the expected run is late but still within its grace (a
+    # Healthchecks check in ``grace``): the job is ``late``, neither failed nor ok.
+    late: bool = False
 
 
 @dataclass(frozen=True)
@@ -197,6 +201,7 @@ def evaluate(
         missed_start = known and evidence.tracks_start and not_started
         late = known and not_started
     overdue = overdue or missed_start
+    late = late or (known and evidence.late)
     state: JobState
     if not known:
         state = "unknown"

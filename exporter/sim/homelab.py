@@ -262,16 +262,6 @@ def config_document(lab: dict[str, Any], *, secrets: Path) -> dict[str, Any]:
                 "grace": "1d",
                 "evidence": {"source": "smart", "test": "long"},
             },
-            "b2-immich": {
-                "schedule": "30 1 * * *",
-                "grace": "8h",
-                "evidence": {"source": "b2", "bucket": B2_BUCKET, "prefix": "immich/"},
-            },
-            "storj-immich": {
-                "schedule": "0 5 * * 3",
-                "grace": "12h",
-                "evidence": {"source": "storj", "bucket": STORJ_BUCKET, "prefix": "immich/"},
-            },
         },
     }
 

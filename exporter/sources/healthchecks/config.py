@@ -42,6 +42,10 @@ class HealthchecksConfig(SourceConfig):
     verify_tls: Bool = True
     ca_file: ConfigPath | None = None
 
+    def discovered_job_prefixes(self) -> tuple[str, ...]:
+        """Return ``hc-<check>`` while ``jobs: true``."""
+        return ("hc-",) if self.jobs else ()
+
     @field_validator("url")
     @classmethod
     def _http_url(cls, url: str) -> str:

@@ -21,8 +21,10 @@ What the check list can and cannot tell (Healthchecks ``Check.ping``/``get_statu
   cannot tell an explicit failure from a late or overlong run.
 
 Job evidence of a check therefore is: ``last_success = last_ping`` when the status is
-``up`` or ``grace``, otherwise none; ``failed = status == "down"`` (Healthchecks' verdict:
-failure ping *or* missed deadline); ``running = started``; ``last_duration`` from the list.
+``up`` or ``grace``, otherwise none; ``late = status == "grace"`` (the expected ping has not
+come and the grace time runs: the job is ``late``, not failed, until Healthchecks decides);
+``failed = status == "down"`` (Healthchecks' verdict: failure ping *or* missed deadline);
+``running = started``; ``last_duration`` from the list.
 A down check is thus overdue once a scheduled run is past its grace, whatever the cause.
 
 ``pings: true`` reads ``GET /api/v3/checks/<uuid>/pings/`` for each *down* scheduled check
@@ -157,6 +159,7 @@ class HCCheck:
             last_duration=self.last_duration,
             failed=self.status == "down",
             running=self.started,
+            late=self.status == "grace",
         )
 
 

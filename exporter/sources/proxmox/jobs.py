@@ -36,8 +36,14 @@ def covered_guests(
 
 @functools.lru_cache(maxsize=256)
 def job_schedule(expression: str, tz: str) -> Schedule:
-    """Parse a job's ``schedule`` in the nodes' time zone ``tz`` (cached); raise ScheduleError."""
-    return parse_schedule(expression, tz)
+    """Parse a job's ``schedule`` in the nodes' time zone ``tz`` (cached); raise ScheduleError.
+
+    Evaluated as PVE's scheduler evaluates it (``dst="pve"``: proxmox-time's
+    ``compute_next_event`` over glibc ``mktime``, see
+    :class:`~exporter.schedule.calendar_events.PveCalendarSchedule`), so a ``02:30`` job is
+    not expected on the spring-forward day, when PVE does not run it.
+    """
+    return parse_schedule(expression, tz, dst="pve")
 
 
 def capped_graces(

@@ -50,6 +50,10 @@ class TrueNASConfig(SourceConfig):
 
     derived: ClassVar[tuple[str, ...]] = ("include", "exclude", "cron_timezone")
 
+    def discovered_job_prefixes(self) -> tuple[str, ...]:
+        """Return ``cloudsync-``, ``scrub-``: cloud-sync and scrub tasks are always jobs."""
+        return ("cloudsync-", "scrub-")
+
     kind: Literal["truenas"] = "truenas"
     interval: Duration = 600.0
     timeout: Duration = 60.0
