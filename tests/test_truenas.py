@@ -38,6 +38,9 @@ Key = tuple[str, frozenset[tuple[str, str]]]
 
 
 def key(name: str, **labels: str) -> Key:
+    if name.startswith("backup_smart_"):
+        # TrueNAS names a disk by its device only: the -d type and identity labels are empty.
+        labels = {"type": "", "disk": "", **labels}
     return name, frozenset({"source": "nas", **labels}.items())
 
 
