@@ -152,7 +152,7 @@ def _wwn(doc: dict) -> str:
 
 
 @pytest.mark.parametrize(
-    "where,name",
+    ("where", "name"),
     [
         ("shared", n) if isinstance(n, str) else pytest.param("shared", None, marks=n.marks)
         for n in shared_files("smartctl")
