@@ -460,3 +460,26 @@ async def test_evidence_selects_one_slot_behind_the_controller(fake: FakeSmartct
     # The SAS WD4001FYYG (slot 6) logged no self-test: the node as a whole has no success.
     node = src.evidence(snap, {"test": "short", "device": "/dev/bus/0"})
     assert node is not None and node.last_success is None
+
+
+async def test_the_fake_controllers_sas_disks_end_to_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    # exporter.sim.smartctl with its MegaRAID controller: three SAS disks on /dev/bus/0.
+    from exporter.sim.smartctl import SAS_SLOTS, _tests
+
+    now = 1_780_000_000.0
+    monkeypatch.setenv("FAKE_SMARTCTL_CONTROLLER", "1")
+    monkeypatch.setenv("FAKE_SMARTCTL_NOW", str(now))
+    src = source(command_prefix=(sys.executable, "-m", "exporter.sim.smartctl"))
+    snap = await src.fetch(FetchContext(clock=FakeClock(now)))
+    sas = [d for d in snap.devices if d.device == "/dev/bus/0"]
+    assert [(d.device_type, d.disk) for d in sas] == [
+        (f"megaraid,{n}", serial) for n, (_, serial, *_) in SAS_SLOTS.items()
+    ]
+    newest_long = max(start for kind, start in _tests(now) if kind.startswith("Extended"))
+    for dev in sas:
+        long = dev.selftest("long")
+        assert long is not None and long.passed is True
+        # Hour resolution: the entry's stamp is the power-on hour the test started in.
+        assert abs(long.last_success - newest_long) < 2 * HOUR  # type: ignore[operator]
+    evidence = src.evidence(snap, {"test": "long", "device": "/dev/bus/0"})
+    assert evidence is not None and evidence.last_success is not None
