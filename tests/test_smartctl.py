@@ -382,7 +382,12 @@ def megaraid(fake: FakeSmartctl) -> None:
 async def test_seven_disks_behind_one_megaraid_node_never_collide(fake: FakeSmartctl) -> None:
     megaraid(fake)
     src = source()
-    snap = await src.fetch(FetchContext(clock=FakeClock()))
+    ctx = FetchContext(clock=FakeClock())
+    snap = await src.fetch(ctx)
+    # The twins' pinned self-test times stay apart although their (redacted) serials match.
+    assert {"serial:XXXXXXXXXXXX", "serial:XXXXXXXXXXXX@/dev/bus/0,megaraid,1"} <= set(
+        ctx.memory["selftests"]
+    )
     assert [(d.device, d.device_type) for d in snap.devices] == [
         ("/dev/bus/0", f"megaraid,{n}") for n in range(7)
     ]
@@ -483,3 +488,14 @@ async def test_the_fake_controllers_sas_disks_end_to_end(monkeypatch: pytest.Mon
         assert abs(long.last_success - newest_long) < 2 * HOUR  # type: ignore[operator]
     evidence = src.evidence(snap, {"test": "long", "device": "/dev/bus/0"})
     assert evidence is not None and evidence.last_success is not None
+
+
+async def test_a_disk_listed_twice_is_rendered_once(fake: FakeSmartctl) -> None:
+    fake.device("/dev/sdc", "libblockdev_scsi_HGST_HUSMR3280ASS200.json")
+    src = source("/dev/sdc", "/dev/sdc")
+    snap = await src.fetch(FetchContext(clock=FakeClock()))
+    assert len(snap.devices) == 2
+    healthy = [
+        s for fam in src.render(snap) for s in fam.samples if s.name == "backup_smart_healthy"
+    ]
+    assert [s.labels["disk"] for s in healthy] == ["74747474X"]
