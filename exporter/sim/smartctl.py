@@ -42,17 +42,27 @@ SAS_SLOTS: dict[int, tuple[str, str, str, int, int]] = {
 }
 
 
+#: How long each test runs (a 14 TB drive's extended test takes far longer; 3 h is enough to
+#: keep an hour-resolution stamp after the scheduled start).
+DURATION = {"Short offline": timedelta(minutes=2), "Extended offline": timedelta(hours=3)}
+
+
 def _tests(now: float) -> list[tuple[str, float]]:
-    """Return the last self-tests, newest first: (kind, start instant)."""
+    """Return the finished self-tests, newest first: (kind, completion instant).
+
+    A log entry's stamp is the power-on hours when the test *completed* (ATA ACS "Life
+    Timestamp", SPC-3 self-test results "TIME STAMP"): a test started by the schedule is
+    logged only once it ended, stamped with its end.
+    """
     at = datetime.fromtimestamp(now, TZ)
     out: list[tuple[str, float]] = []
     for kind, expr, count in (("Short offline", SHORT, 5), ("Extended offline", LONG, 2)):
         sched = parse_schedule(expr, TZ)
-        t = sched.latest_at_or_before(at - timedelta(minutes=5))
+        t = sched.latest_at_or_before(at - DURATION[kind])
         for _ in range(count):
             if t is None:
                 break
-            out.append((kind, t.timestamp()))
+            out.append((kind, (t + DURATION[kind]).timestamp()))
             t = sched.latest_at_or_before(t - timedelta(seconds=1))
     out.sort(key=lambda e: -e[1])
     return out
@@ -62,10 +72,10 @@ def _ata(name: str, now: float) -> dict[str, Any]:
     model, serial, _, base, temp = DISKS[name]
     power_on = base + int((now - INSTALLED) // 3600)
     table = []
-    for num, (kind, start) in enumerate(_tests(now), start=1):
-        # The drive stamps a test with its power-on hours at the time of the test: a fixed
+    for num, (kind, end) in enumerate(_tests(now), start=1):
+        # The drive stamps a test with its power-on hours when it completed: a fixed
         # value, as on a real disk (not recomputed from "now", which would flip by one).
-        stamp = base + int((start - INSTALLED) // 3600)
+        stamp = base + int((end - INSTALLED) // 3600)
         table.append(
             {
                 "type": {"value": 1 if kind.startswith("Short") else 2, "string": kind},
@@ -102,9 +112,9 @@ def _nvme(name: str, now: float) -> dict[str, Any]:
         {
             "self_test_code": {"value": 1 if kind.startswith("Short") else 2, "string": kind},
             "self_test_result": {"value": 0, "string": "Completed without error"},
-            "power_on_hours": base + int((start - INSTALLED) // 3600),
+            "power_on_hours": base + int((end - INSTALLED) // 3600),
         }
-        for kind, start in _tests(now)
+        for kind, end in _tests(now)
     ]
     return {
         "model_name": model,
@@ -150,7 +160,7 @@ def _sas(slot: int, now: float) -> dict[str, Any]:
         "power_on_time": {"hours": power_on, "minutes": 0},
         "scsi_grown_defect_list": 0,
     }
-    for n, (kind, start) in enumerate(_tests(now)):
+    for n, (kind, end) in enumerate(_tests(now)):
         short = kind.startswith("Short")
         doc[f"scsi_self_test_{n}"] = {
             "code": {
@@ -159,7 +169,7 @@ def _sas(slot: int, now: float) -> dict[str, Any]:
             },
             "result": {"value": 0, "string": "Completed"},
             "power_on_time": {
-                "hours": (base + int((start - INSTALLED) // 3600)) % 65536,
+                "hours": (base + int((end - INSTALLED) // 3600)) % 65536,
                 "aka": "accumulated_power_on_hours",
             },
         }
