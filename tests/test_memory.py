@@ -179,7 +179,7 @@ async def test_a_selftest_keeps_its_time_across_polls_and_a_restart(
     smartctl.answer("/dev/sda", ata_doc(1000, log))
     first = Exporter(tmp_path / "state.db", clock, smart_source("/dev/sda"))
     long_at, short_at = t0 - 100 * H, t0 - 10 * H
-    where = lbl(source="nas", device="/dev/sda", test="long")
+    where = lbl(source="nas", device="/dev/sda", test="long", type="", disk="WD-WX12A3456789")
     power_on = 1000
     for poll in range(10):
         (dev,) = (await first.poll()).devices
@@ -335,7 +335,7 @@ async def test_truenas_selftest_times_are_pinned_across_polls_and_a_restart(
     # poll, each test would move forward an hour per hour.
     first = Exporter(tmp_path / "state.db", nas_clock, truenas_source(nas))
     long_at = START - 500 * H
-    where = lbl(source="nas", device="/dev/sda", test="long")
+    where = lbl(source="nas", device="/dev/sda", test="long", type="", disk="")
     for poll in range(10):
         snap = await first.poll()
         sda = next(d for d in snap.smart if d.device == "/dev/sda")

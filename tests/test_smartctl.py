@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -96,10 +97,37 @@ def source(*devices: str | DeviceSpec, **overrides: Any) -> SmartctlSource:
     return SmartctlSource(SmartctlConfig(**fields))
 
 
-def samples(families: Iterable[Metric]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value for fam in families for s in fam.samples
-    }
+SampleKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+class Found(dict[SampleKey, float]):
+    """Samples looked up by name and a subset of their labels (at most one may match)."""
+
+    def _hits(self, key: object) -> list[SampleKey]:
+        name, labels = key  # type: ignore[misc]
+        want = set(labels)
+        hits = [k for k in self.keys() if k[0] == name and want <= set(k[1])]
+        assert len(hits) <= 1, f"{key} matches several series: {hits}"
+        return hits
+
+    def __getitem__(self, key: SampleKey) -> float:
+        hits = self._hits(key)
+        if not hits:
+            raise KeyError(key)
+        return dict.__getitem__(self, hits[0])
+
+    def __contains__(self, key: object) -> bool:
+        return bool(self._hits(key))
+
+
+def samples(families: Iterable[Metric]) -> Found:
+    return Found(
+        {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in families
+            for s in fam.samples
+        }
+    )
 
 
 def lbl(device: str, **extra: str) -> tuple[tuple[str, str], ...]:
@@ -330,3 +358,144 @@ sources:
     assert "sources.disks.devices[3]: type: not a smartctl -d type" in text
     assert "sources.disks.devices[4]: unknown key typ" in text
     assert "sources.disks.nocheck: must be one of standby, sleep, idle, never" in text
+
+
+# ------------------------------------------------------------- SAS disks, disks behind MegaRAID
+
+MEGARAID_SLOTS = (
+    "scrutiny_smart-megaraid0.json",  # SATA behind the controller: sat+megaraid,0
+    "scrutiny_smart-megaraid1.json",  # its twin, same redacted serial, another WWN
+    "libblockdev_scsi_SEAGATE_ST600MP0036.json",
+    "libblockdev_scsi_TOSHIBA_AL15SEB120NY.json",
+    "libblockdev_scsi_HGST_HUSMR3280ASS200.json",
+    "libblockdev_scsi_TOSHIBA_KPM5XMUG400G.json",
+    "libblockdev_scsi_WD4001FYYG-01SL3.json",
+)
+
+
+def megaraid(fake: FakeSmartctl) -> None:
+    fake.scan(file=str(FIXTURES / "smartctl" / "scan_megaraid7.json"))
+    for slot, fixture in enumerate(MEGARAID_SLOTS):
+        fake.device(f"/dev/bus/0@megaraid,{slot}", fixture)
+
+
+async def test_seven_disks_behind_one_megaraid_node_never_collide(fake: FakeSmartctl) -> None:
+    megaraid(fake)
+    src = source()
+    ctx = FetchContext(clock=FakeClock())
+    snap = await src.fetch(ctx)
+    # The twins' pinned self-test times stay apart although their (redacted) serials match.
+    assert {"serial:XXXXXXXXXXXX", "serial:XXXXXXXXXXXX@/dev/bus/0,megaraid,1"} <= set(
+        ctx.memory["selftests"]
+    )
+    assert [(d.device, d.device_type) for d in snap.devices] == [
+        ("/dev/bus/0", f"megaraid,{n}") for n in range(7)
+    ]
+    calls = fake.calls()[1:]
+    assert [c[-4:] for c in calls] == [
+        ["-d", f"megaraid,{n}", "--", "/dev/bus/0"] for n in range(7)
+    ]
+    families = list(src.render(snap))
+    for fam in families:
+        label_sets = [tuple(sorted(s.labels.items())) for s in fam.samples]
+        assert len(label_sets) == len(set(label_sets)), fam.name
+    healthy = {
+        (s.labels["type"], s.labels["disk"]): s.value
+        for fam in families
+        for s in fam.samples
+        if s.name == "backup_smart_healthy"
+    }
+    # The two SATA disks carry the same (redacted) serial: the type still tells them apart.
+    assert healthy == {
+        ("megaraid,0", "XXXXXXXXXXXX"): 1.0,
+        ("megaraid,1", "XXXXXXXXXXXX"): 1.0,
+        ("megaraid,2", "WAF1ABCD"): 1.0,
+        ("megaraid,3", "Z9W012345678"): 1.0,
+        ("megaraid,4", "74747474X"): 1.0,
+        ("megaraid,5", "99A012345678"): 1.0,
+        ("megaraid,6", "WMC1F0123456"): 1.0,
+    }
+
+
+async def test_a_sleeping_disk_keeps_its_own_values_not_its_neighbours(
+    fake: FakeSmartctl,
+) -> None:
+    megaraid(fake)
+    clock = FakeClock()
+    src = source()
+    first = await src.fetch(FetchContext(clock=clock))
+    clock.advance(1800)
+    fake.device("/dev/bus/0@megaraid,1", "ata_standby_exit2.json", rc=2)
+    second = await src.fetch(FetchContext(clock=clock))
+    slot1 = second.devices[1]
+    assert slot1.standby is True
+    assert slot1 == replace(first.devices[1], standby=True)
+    assert slot1.power_on_seconds == 37788 * HOUR  # megaraid,1's own; megaraid,0 has 37787 h
+    assert second.devices[0].power_on_seconds == 37787 * HOUR
+
+
+async def test_sas_long_test_satisfies_the_long_test_job(fake: FakeSmartctl) -> None:
+    # Real SAS captures: "Background long" (code 2) completed at 1 h of 4596 h / 4665 h.
+    fake.device("/dev/sdc", "libblockdev_scsi_HGST_HUSMR3280ASS200.json")
+    fake.device("/dev/sda", "libblockdev_scsi_TOSHIBA_KPM5XMUG400G.json")
+    now = 1_800_000_000.0
+    src = source("/dev/sdc", "/dev/sda")
+    snap = await src.fetch(FetchContext(clock=FakeClock(now)))
+    sdc, sda = snap.devices
+    assert sdc.selftest("long") is not None and sdc.selftest("long").passed is True
+    assert sdc.selftest("long").last_success == now - (4596 - 1) * HOUR
+    assert sda.selftest("long").last_success == now - (4665 - 1) * HOUR
+    assert sdc.selftest_running is False
+    evidence = src.evidence(snap, {"test": "long"})
+    assert evidence is not None
+    assert evidence.last_success == now - (4665 - 1) * HOUR  # the older of the two disks
+    assert evidence.failed is False
+    one = src.evidence(snap, {"test": "long", "disk": "74747474X"})
+    assert one is not None and one.last_success == now - (4596 - 1) * HOUR
+    assert src.evidence(snap, {"test": "long", "disk": "nope"}) is None
+
+
+async def test_evidence_selects_one_slot_behind_the_controller(fake: FakeSmartctl) -> None:
+    megaraid(fake)
+    now = 1_800_000_000.0
+    src = source()
+    snap = await src.fetch(FetchContext(clock=FakeClock(now)))
+    slot4 = src.evidence(snap, {"test": "short", "device": "/dev/bus/0", "type": "megaraid,4"})
+    assert slot4 is not None and slot4.last_success == now - (4596 - 1) * HOUR
+    # The SAS WD4001FYYG (slot 6) logged no self-test: the node as a whole has no success.
+    node = src.evidence(snap, {"test": "short", "device": "/dev/bus/0"})
+    assert node is not None and node.last_success is None
+
+
+async def test_the_fake_controllers_sas_disks_end_to_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    # exporter.sim.smartctl with its MegaRAID controller: three SAS disks on /dev/bus/0.
+    from exporter.sim.smartctl import SAS_SLOTS, _tests
+
+    now = 1_780_000_000.0
+    monkeypatch.setenv("FAKE_SMARTCTL_CONTROLLER", "1")
+    monkeypatch.setenv("FAKE_SMARTCTL_NOW", str(now))
+    src = source(command_prefix=(sys.executable, "-m", "exporter.sim.smartctl"))
+    snap = await src.fetch(FetchContext(clock=FakeClock(now)))
+    sas = [d for d in snap.devices if d.device == "/dev/bus/0"]
+    assert [(d.device_type, d.disk) for d in sas] == [
+        (f"megaraid,{n}", serial) for n, (_, serial, *_) in SAS_SLOTS.items()
+    ]
+    newest_long = max(end for kind, end in _tests(now) if kind.startswith("Extended"))
+    for dev in sas:
+        long = dev.selftest("long")
+        assert long is not None and long.passed is True
+        # Hour resolution: the entry's stamp is the power-on hour the test ended in.
+        assert abs(long.last_success - newest_long) < HOUR  # type: ignore[operator]
+    evidence = src.evidence(snap, {"test": "long", "device": "/dev/bus/0"})
+    assert evidence is not None and evidence.last_success is not None
+
+
+async def test_a_disk_listed_twice_is_rendered_once(fake: FakeSmartctl) -> None:
+    fake.device("/dev/sdc", "libblockdev_scsi_HGST_HUSMR3280ASS200.json")
+    src = source("/dev/sdc", "/dev/sdc")
+    snap = await src.fetch(FetchContext(clock=FakeClock()))
+    assert len(snap.devices) == 2
+    healthy = [
+        s for fam in src.render(snap) for s in fam.samples if s.name == "backup_smart_healthy"
+    ]
+    assert [s.labels["disk"] for s in healthy] == ["74747474X"]

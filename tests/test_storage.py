@@ -66,7 +66,11 @@ def samples(families: Iterable[Metric]) -> dict[Key, float]:
 
 
 def value(found: dict[Key, float], name: str, **labels: str) -> float | None:
-    return found.get((name, tuple(sorted(labels.items()))))
+    """The one sample of ``name`` whose labels include ``labels`` (at most one may match)."""
+    want = set(labels.items())
+    hits = [k for k in found if k[0] == name and want <= set(k[1])]
+    assert len(hits) <= 1, f"{name} {labels} matches several series: {hits}"
+    return found[hits[0]] if hits else None
 
 
 def shared_files(sub: str) -> list[object]:
@@ -91,8 +95,28 @@ def _attr_raw(doc: dict, attr_id: int) -> int | None:
     return None
 
 
+def _expected_scsi_selftests(doc: dict) -> dict[str, tuple[float | None, bool | None]]:
+    """SAS/SCSI: ``scsi_self_test_0`` (newest) onwards, codes and results per SPC-3."""
+    poh = doc.get("power_on_time", {}).get("hours")
+    found: dict[str, tuple[float | None, bool | None]] = {}
+    n = 0
+    while f"scsi_self_test_{n}" in doc:
+        entry = doc[f"scsi_self_test_{n}"]
+        n += 1
+        kind = {1: "short", 5: "short", 2: "long", 6: "long"}.get(entry["code"]["value"])
+        result = entry["result"]["value"]
+        if kind is None or kind in found or result == 15:
+            continue
+        age = (poh - entry["power_on_time"]["hours"]) % 65536
+        passed = True if result == 0 else False if 3 <= result <= 7 else None
+        found[kind] = (NOW - age * HOUR, passed)
+    return found
+
+
 def _expected_selftests(doc: dict) -> dict[str, tuple[float | None, bool | None]]:
     """Newest finished short/long test per kind, read straight from the log table."""
+    if "scsi_self_test_0" in doc:
+        return _expected_scsi_selftests(doc)
     log = doc.get("ata_smart_self_test_log", {})
     table = (log.get("extended") or log.get("standard") or {}).get("table", [])
     poh = doc.get("power_on_time", {}).get("hours")
@@ -111,14 +135,45 @@ def _expected_selftests(doc: dict) -> dict[str, tuple[float | None, bool | None]
     return found
 
 
-@pytest.mark.parametrize("name", shared_files("smartctl"))
-def test_every_shared_smartctl_capture(name: str) -> None:
-    doc = load_shared("smartctl", name)
+LOCAL = Path(__file__).resolve().parent / "fixtures"
+#: Real captures shipped in tests/fixtures/smartctl (see its README), besides the shared ones.
+LOCAL_CAPTURES = sorted(
+    p.name
+    for p in (LOCAL / "smartctl").glob("*.json")
+    if p.name.startswith(("libblockdev_", "scrutiny_smart-"))
+)
+
+
+def _wwn(doc: dict) -> str:
+    if w := doc.get("wwn"):
+        return f"{w['naa']:x}{w['oui']:06x}{w['id']:09x}"
+    lu = str(doc.get("logical_unit_id", ""))
+    return lu[2:] if lu.startswith("0x") else lu
+
+
+@pytest.mark.parametrize(
+    ("where", "name"),
+    [
+        ("shared", n) if isinstance(n, str) else pytest.param("shared", None, marks=n.marks)
+        for n in shared_files("smartctl")
+    ]
+    + [("local", n) for n in LOCAL_CAPTURES],
+)
+def test_every_smartctl_capture(where: str, name: object) -> None:
+    if where == "shared":
+        doc = load_shared("smartctl", str(name))
+    else:
+        doc = json.loads((LOCAL / "smartctl" / str(name)).read_text(encoding="utf-8"))
     dev = parse_smartctl_json(doc, now=NOW)
     found = samples(render_smart("nas", [dev]))
     device = doc.get("device", {}).get("name") or doc["smartctl"]["argv"][-1]
     assert dev.device == device
-    labels = {"source": "nas", "device": device}
+    labels = {
+        "source": "nas",
+        "device": device,
+        "type": doc.get("device", {}).get("type", ""),
+        "disk": doc.get("serial_number") or _wwn(doc),
+    }
 
     passed = doc.get("smart_status", {}).get("passed")
     assert value(found, "backup_smart_healthy", **labels) == (
@@ -127,10 +182,15 @@ def test_every_shared_smartctl_capture(name: str) -> None:
     temp = doc.get("temperature", {}).get("current")
     assert value(found, "backup_smart_temperature_celsius", **labels) == temp
     hours = doc.get("power_on_time", {}).get("hours")
+    minutes = doc.get("power_on_time", {}).get("minutes", 0)
     assert value(found, "backup_smart_power_on_seconds", **labels) == (
-        None if hours is None else hours * HOUR
+        None if hours is None else hours * HOUR + minutes * 60
     )
-    assert value(found, "backup_smart_reallocated_sectors", **labels) == _attr_raw(doc, 5)
+    # SCSI/SAS has no attribute 5: the grown defect list counts the reallocated blocks.
+    realloc = _attr_raw(doc, 5)
+    assert value(found, "backup_smart_reallocated_sectors", **labels) == (
+        doc.get("scsi_grown_defect_list") if realloc is None else realloc
+    )
     assert value(found, "backup_smart_pending_sectors", **labels) == _attr_raw(doc, 197)
     media = doc.get("nvme_smart_health_information_log", {}).get("media_errors")
     assert value(found, "backup_smart_media_errors", **labels) == media
@@ -144,6 +204,8 @@ def test_every_shared_smartctl_capture(name: str) -> None:
     if not _expected_selftests(doc):
         assert not any(k[0].startswith("backup_smart_selftest_last") for k in found)
 
+    if "smartctl" not in doc:  # scrutiny's smart-scsi.json was trimmed of its header
+        return
     code = doc["smartctl"]["exit_status"]
     for bit, flag in enumerate(EXIT_STATUS_FLAGS):
         got = value(found, "backup_smart_exit_status_flag", **labels, flag=flag)
@@ -795,3 +857,87 @@ def test_scrub_and_snapshot_evidence() -> None:
     assert storage_evidence({"source": "nas", "dataset": "tank/x"}, datasets=ds) == snap
     assert storage_evidence({"source": "nas", "pool": "tank"}, pools=pools) == ev
     assert storage_evidence({"source": "nas"}) is None
+
+
+# ---------------------------------------------------------------- smartctl: SAS/SCSI self-test log
+
+
+def _scsi(code: int, result: int, hours: int | None, **extra: object) -> dict[str, object]:
+    entry: dict[str, object] = {
+        "code": {"value": code, "string": "x"},
+        "result": {"value": result, "string": "y"},
+        **extra,
+    }
+    if hours is not None:
+        entry["power_on_time"] = {"hours": hours, "aka": "accumulated_power_on_hours"}
+    return entry
+
+
+def _scsi_doc(power_on: int, *entries: dict[str, object]) -> dict[str, object]:
+    doc: dict[str, object] = {
+        "smartctl": {"exit_status": 0},
+        "device": {"name": "/dev/sdb", "type": "scsi", "protocol": "SCSI"},
+        "serial_number": "WAF1ABCD",
+        "logical_unit_id": "0x5000c500a1b2c3d4",
+        "smart_status": {"passed": True},
+        "power_on_time": {"hours": power_on, "minutes": 0},
+    }
+    for n, entry in enumerate(entries):
+        doc[f"scsi_self_test_{n}"] = entry
+    return doc
+
+
+def test_sas_selftest_log_kinds_results_and_order() -> None:
+    # smartmontools scsiprint.cpp scsiPrintSelfTest: entry 0 is the newest; code 1/5 short,
+    # 2/6 long; result 0 completed, 1/2 aborted, 3-7 failed, 15 in progress.
+    doc = _scsi_doc(
+        5000,
+        _scsi(1, 15, None, self_test_in_progress=True),  # a short test running now
+        _scsi(2, 1, 4990),  # long aborted by the host: no verdict
+        _scsi(6, 0, 4900),  # foreground long completed
+        _scsi(5, 5, 4800, failed_segment={"value": 1}),  # short failed in its first segment
+        _scsi(1, 0, 4700),  # an older short that passed
+        _scsi(0, 0, 4990),  # "Default" self-test: neither short nor long
+    )
+    dev = parse_smartctl_json(doc, now=NOW)
+    long, short = dev.selftest("long"), dev.selftest("short")
+    assert long is not None and short is not None
+    assert (long.passed, long.last_timestamp, long.last_success) == (
+        None,
+        NOW - 10 * HOUR,
+        NOW - 100 * HOUR,
+    )
+    assert (short.passed, short.last_timestamp, short.last_success) == (
+        False,
+        NOW - 200 * HOUR,
+        NOW - 300 * HOUR,
+    )
+    assert dev.selftest_running is True
+    assert (dev.disk, dev.wwn, dev.device_type) == ("WAF1ABCD", "5000c500a1b2c3d4", "scsi")
+
+
+def test_sas_stamp_wraps_at_16_bits_and_no_log_claims_no_state() -> None:
+    # The SCSI log stamp is 16 bits (sg_get_unaligned_be16), like ATA's lifetime hours.
+    dev = parse_smartctl_json(_scsi_doc(65536 + 10, _scsi(2, 0, 65530)), now=NOW)
+    long = dev.selftest("long")
+    assert long is not None and long.last_success == NOW - 16 * HOUR
+    assert dev.selftest_running is False
+    bare = parse_smartctl_json(_scsi_doc(100), now=NOW)  # "No Self-tests have been logged"
+    assert bare.selftests == () and bare.selftest_running is None
+
+
+def test_sas_entries_with_strings_only() -> None:
+    # truenas/middleware src/middlewared/middlewared/pytest/unit/plugins/test_smart.py
+    # (test__parse_smart_selftest_results__scsiprint__1): only the strings are present.
+    doc = {
+        "power_on_time": {"hours": 3943},
+        "scsi_self_test_0": {
+            "code": {"string": "Background short"},
+            "result": {"string": "Completed, segment failed"},
+            "power_on_time": {"hours": 3943},
+        },
+    }
+    dev = parse_smartctl_json(doc, now=NOW, device="/dev/sda")
+    short = dev.selftest("short")
+    assert short is not None and (short.passed, short.last_timestamp) == (False, NOW)
+    assert dev.disk == ""

@@ -38,6 +38,9 @@ Key = tuple[str, frozenset[tuple[str, str]]]
 
 
 def key(name: str, **labels: str) -> Key:
+    if name.startswith("backup_smart_"):
+        # TrueNAS names a disk by its device only: the -d type and identity labels are empty.
+        labels = {"type": "", "disk": "", **labels}
     return name, frozenset({"source": "nas", **labels}.items())
 
 
@@ -403,6 +406,52 @@ async def test_missed_scrub_is_overdue_after_window_plus_grace(
         "backup_job_finish_deadline_timestamp_seconds", backup_job="scrub-storage", vmid=""
     )
     assert got[deadline] == due + 12 * 3600
+
+
+async def test_from_26_the_threshold_runs_from_the_scrubs_end_and_a_skip_is_no_failure(
+    clock: FakeClock,
+) -> None:
+    # truenas/middleware plugins/zpool/scrub_impl.py validate_pool (26.0+): the start is
+    # skipped silently while the last finished scrub *ended* within threshold - 1 days.
+    # This morning's scrub (Tuesday 02:10) becomes a 30-hour one: it ends Wednesday 08:10,
+    # so day 34 after its end falls after the fifth Tuesday, and the sixth one is due.
+    scenario = homelab(clock.time, release="26.0")
+    start = datetime(2026, 3, 10, 2, 10, tzinfo=BERLIN).timestamp()
+    assert scenario.scan["start"] == start
+    scenario.scan.update(state="SCANNING", end=None)
+    scenario.scrub_duration = 30 * 3600.0
+    server = await start_fake_truenas(scenario)
+    try:
+        source = make_source(server)
+        poller = Poller(source, clock=clock)
+        clock.advance(start + 31 * 3600 - clock.time())
+        snapshot = await good_poll(poller)
+        ((spec, evidence),) = [
+            (s, e) for s, e in source.jobs(snapshot) if s.name == "scrub-storage"
+        ]
+        assert evidence.last_success == start + 30 * 3600
+        now = datetime.fromtimestamp(clock.time(), UTC)
+        predicted = spec.schedule.next_after(now).timestamp()
+        # Up to 25.10 (from the start) it would be the fifth Tuesday, 2026-04-14.
+        assert predicted == datetime(2026, 4, 21, 2, 10, tzinfo=BERLIN).timestamp()
+
+        job = key("backup_job_overdue", backup_job="scrub-storage", vmid="")
+        failed = key("backup_job_failed", backup_job="scrub-storage", vmid="")
+        fifth = datetime(2026, 4, 14, 3, 10, tzinfo=BERLIN).timestamp()
+        clock.advance(fifth - clock.time())
+        await good_poll(poller)
+        assert scenario.last_scrub_start == start  # the fake skipped the fifth Tuesday
+        got = samples(collect(poller, clock))
+        assert (got[job], got[failed]) == (0, 0)  # a skipped start is not a failure
+
+        clock.advance(predicted + 3600 - clock.time())
+        await good_poll(poller)
+        assert scenario.last_scrub_start == predicted  # the fake scrubs when we expect it
+        got = samples(collect(poller, clock))
+        assert got[key("backup_zfs_scrub_running", pool="storage")] == 1
+        assert (got[job], got[failed]) == (0, 0)
+    finally:
+        await server.stop()
 
 
 # ------------------------------------------------------------------------------ failures

@@ -70,6 +70,8 @@ _LABEL_HEADERS = {
     "pool": "Pool",
     "state": "State",
     "device": "Device",
+    "type": "-d type",
+    "disk": "Disk",
     "model": "Model",
     "serial": "Serial",
     "bucket": "Bucket",

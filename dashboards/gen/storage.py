@@ -115,7 +115,7 @@ def build() -> dict[str, Any]:
             Col(
                 "Info",
                 sel("backup_smart_device_info"),
-                by=("source", "device", "model", "serial"),
+                by=("source", "device", "type", "disk", "model", "serial"),
                 hidden=True,
             ),
             Col("Healthy", sel("backup_smart_healthy"), mapping=OK_BAD, colored=True),
@@ -135,19 +135,20 @@ def build() -> dict[str, Any]:
             ),
             Col(
                 "Last tests passed",
-                f"min by (source, device) ({sel('backup_smart_selftest_last_passed')})",
+                f"min by (source, device, type, disk) ({sel('backup_smart_selftest_last_passed')})",
                 mapping=OK_BAD,
                 colored=True,
             ),
         ],
-        description="Self-test ages: alert at 2 days (short) and 63 days (long).",
-        key=["source", "device"],
+        description="Self-test ages: alert at 2 days (short) and 63 days (long). Disks behind "
+        "one controller node share the device and differ in type (megaraid,N) and disk.",
+        key=["source", "device", "type", "disk"],
         labels=["model", "serial"],
         height=8,
     )
     b.series(
         "Disk temperature",
-        [(sel("backup_smart_temperature_celsius"), "{{device}} ({{source}})")],
+        [(sel("backup_smart_temperature_celsius"), "{{device}} {{type}} {{disk}} ({{source}})")],
         description="Drive temperatures.",
         unit="celsius",
     )

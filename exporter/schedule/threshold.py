@@ -21,6 +21,14 @@ passed without a completed scrub; a weekly cron alone would wrongly expect a scr
 Without any known scrub every allowed instant is due (TrueNAS treats "never scrubbed" as
 ``datetime.min``), so the job is overdue once the latest allowed instant plus the grace passed.
 
+From TrueNAS 26.0 the check moved to ``zpool.scrub.run``
+(``src/middlewared/middlewared/plugins/zpool/scrub_impl.py``, ``validate_pool``) and measures
+from the **end** of the last finished scrub: the start is skipped silently (no alert, no
+failure) while ``scan.end_time >= now - (threshold - 1) days``. The caller passes that anchor
+as ``last_run`` (the TrueNAS kind's ``PoolScrub.threshold_anchor``); the deadline is then the
+last completed scrub plus the threshold, aligned to the next allowed instant. A skipped firing
+is never an expected run, so it cannot make the job late.
+
 The schedule is rebuilt from each poll's last completed scrub; its :attr:`expression` does not
 contain that instant, so the ``schedule`` label of ``backup_job_info`` stays stable.
 """

@@ -31,19 +31,38 @@ DISKS: dict[str, tuple[str, str, str, int, int]] = {
     "/dev/nvme0": ("CT250P2SSD8", "2119E5A1B2C3", "NVMe", 18636, 41),
 }
 INSTALLED = 1_767_225_600.0  # 2026-01-01: power-on hours count up from here
+#: SAS disks behind a MegaRAID controller, all on ``/dev/bus/0`` and told apart by
+#: ``-d megaraid,N`` (slot -> model, serial, logical unit id, power-on hours, temperature).
+#: Not in the reference homelab: shown only with ``FAKE_SMARTCTL_CONTROLLER=1``.
+CONTROLLER = "/dev/bus/0"
+SAS_SLOTS: dict[int, tuple[str, str, str, int, int]] = {
+    0: ("SEAGATE ST4000NM0023", "Z1Z0AAA0", "0x5000c50058aa0001", 41000, 31),
+    1: ("SEAGATE ST4000NM0023", "Z1Z0AAA1", "0x5000c50058aa0002", 41020, 32),
+    2: ("HGST HUS726T4TAL5204", "V6G0BBB2", "0x5000cca097bb0003", 12000, 30),
+}
+
+
+#: How long each test runs (a 14 TB drive's extended test takes far longer; 3 h is enough to
+#: keep an hour-resolution stamp after the scheduled start).
+DURATION = {"Short offline": timedelta(minutes=2), "Extended offline": timedelta(hours=3)}
 
 
 def _tests(now: float) -> list[tuple[str, float]]:
-    """Return the last self-tests, newest first: (kind, start instant)."""
+    """Return the finished self-tests, newest first: (kind, completion instant).
+
+    A log entry's stamp is the power-on hours when the test *completed* (ATA ACS "Life
+    Timestamp", SPC-3 self-test results "TIME STAMP"): a test started by the schedule is
+    logged only once it ended, stamped with its end.
+    """
     at = datetime.fromtimestamp(now, TZ)
     out: list[tuple[str, float]] = []
     for kind, expr, count in (("Short offline", SHORT, 5), ("Extended offline", LONG, 2)):
         sched = parse_schedule(expr, TZ)
-        t = sched.latest_at_or_before(at - timedelta(minutes=5))
+        t = sched.latest_at_or_before(at - DURATION[kind])
         for _ in range(count):
             if t is None:
                 break
-            out.append((kind, t.timestamp()))
+            out.append((kind, (t + DURATION[kind]).timestamp()))
             t = sched.latest_at_or_before(t - timedelta(seconds=1))
     out.sort(key=lambda e: -e[1])
     return out
@@ -53,14 +72,16 @@ def _ata(name: str, now: float) -> dict[str, Any]:
     model, serial, _, base, temp = DISKS[name]
     power_on = base + int((now - INSTALLED) // 3600)
     table = []
-    for num, (kind, start) in enumerate(_tests(now), start=1):
-        age_hours = int((now - start) // 3600)
+    for num, (kind, end) in enumerate(_tests(now), start=1):
+        # The drive stamps a test with its power-on hours when it completed: a fixed
+        # value, as on a real disk (not recomputed from "now", which would flip by one).
+        stamp = base + int((end - INSTALLED) // 3600)
         table.append(
             {
                 "type": {"value": 1 if kind.startswith("Short") else 2, "string": kind},
                 "status": {"value": 0, "string": "Completed without error", "passed": True},
                 # ATA keeps lifetime hours in 16 bits: the log wraps at 65,536.
-                "lifetime_hours": (power_on - age_hours) % 65536,
+                "lifetime_hours": stamp % 65536,
                 "num": num,
             }
         )
@@ -91,9 +112,9 @@ def _nvme(name: str, now: float) -> dict[str, Any]:
         {
             "self_test_code": {"value": 1 if kind.startswith("Short") else 2, "string": kind},
             "self_test_result": {"value": 0, "string": "Completed without error"},
-            "power_on_hours": power_on - int((now - start) // 3600),
+            "power_on_hours": base + int((end - INSTALLED) // 3600),
         }
-        for kind, start in _tests(now)
+        for kind, end in _tests(now)
     ]
     return {
         "model_name": model,
@@ -112,6 +133,53 @@ def _nvme(name: str, now: float) -> dict[str, Any]:
     }
 
 
+def _sas(slot: int, now: float) -> dict[str, Any]:
+    """One SAS disk as smartctl 7.3+ prints it (smartmontools ``scsiprint.cpp``).
+
+    ``scsiPrintSelfTest`` emits ``scsi_self_test_0`` (newest) onwards with ``code``
+    (1 background short, 2 background long), ``result`` (0 completed) and the 16-bit
+    power-on-hours stamp; ``scsiGetDriveInfo`` the ``logical_unit_id``.
+    """
+    model, serial, lu, base, temp = SAS_SLOTS[slot]
+    power_on = base + int((now - INSTALLED) // 3600)
+    doc: dict[str, Any] = {
+        "device": {
+            "name": CONTROLLER,
+            "info_name": f"{CONTROLLER} [megaraid_disk_{slot:02d}]",
+            "type": f"megaraid,{slot}",
+            "protocol": "SCSI",
+        },
+        "scsi_vendor": model.split()[0],
+        "scsi_product": model.split()[1],
+        "scsi_model_name": model,
+        "model_name": model,
+        "serial_number": serial,
+        "logical_unit_id": lu,
+        "smart_status": {"passed": True},
+        "temperature": {"current": temp, "drive_trip": 60},
+        "power_on_time": {"hours": power_on, "minutes": 0},
+        "scsi_grown_defect_list": 0,
+    }
+    for n, (kind, end) in enumerate(_tests(now)):
+        short = kind.startswith("Short")
+        doc[f"scsi_self_test_{n}"] = {
+            "code": {
+                "value": 1 if short else 2,
+                "string": "Background short" if short else "Background long",
+            },
+            "result": {"value": 0, "string": "Completed"},
+            "power_on_time": {
+                "hours": (base + int((end - INSTALLED) // 3600)) % 65536,
+                "aka": "accumulated_power_on_hours",
+            },
+        }
+    return doc
+
+
+def _controller() -> bool:
+    return os.environ.get("FAKE_SMARTCTL_CONTROLLER") == "1"
+
+
 def output(argv: Sequence[str], now: float) -> tuple[dict[str, Any], int]:
     """Return the JSON document and exit status smartctl would give for ``argv``."""
     envelope: dict[str, Any] = {
@@ -124,8 +192,23 @@ def output(argv: Sequence[str], now: float) -> tuple[dict[str, Any], int]:
             {"name": name, "info_name": name, "type": kinds[d[2]], "protocol": d[2]}
             for name, d in DISKS.items()
         ]
+        if _controller():
+            envelope["devices"] += [
+                {
+                    "name": CONTROLLER,
+                    "info_name": f"{CONTROLLER} [megaraid_disk_{slot:02d}]",
+                    "type": f"megaraid,{slot}",
+                    "protocol": "SCSI",
+                }
+                for slot in SAS_SLOTS
+            ]
         return envelope, 0
     name = argv[-1]
+    dtype = argv[argv.index("-d") + 1] if "-d" in argv[:-1] else ""
+    if _controller() and name == CONTROLLER and dtype.startswith("megaraid,"):
+        slot = dtype.removeprefix("megaraid,")
+        if slot.isdigit() and int(slot) in SAS_SLOTS:
+            return {**envelope, **_sas(int(slot), now)}, 0
     if name not in DISKS:
         envelope["smartctl"]["exit_status"] = 2
         envelope["smartctl"]["messages"] = [

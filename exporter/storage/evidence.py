@@ -31,16 +31,32 @@ def snapshot_evidence(datasets: Iterable[DatasetInfo], dataset: str) -> Evidence
 
 
 def selftest_evidence(
-    devices: Iterable[SmartDevice], test: str, device: str | None = None
+    devices: Iterable[SmartDevice],
+    test: str,
+    device: str | None = None,
+    *,
+    disk: str | None = None,
+    device_type: str | None = None,
 ) -> Evidence | None:
-    """Evidence of ``test`` self-tests across disks (or on one ``device``).
+    """Evidence of ``test`` self-tests across disks (or those matching the selector).
+
+    ``device`` (path), ``disk`` (serial number or WWN) and ``device_type`` (the ``-d``
+    type) narrow the disks when given: ``{disk: ZA1B2C3D}`` names one disk wherever it
+    sits, ``{device: /dev/bus/0, type: megaraid,3}`` one slot behind a controller.
 
     ``last_success`` is the *oldest* among the disks of each disk's newest passed test of
     that kind, so a job is satisfied only once every disk ran it; a disk that never passed
     one makes it ``None``. ``failed`` is set when any disk's newest test of that kind failed.
     Disks that could not be read are skipped (their own error metric reports them).
     """
-    chosen = [d for d in devices if (device is None or d.device == device) and d.error is None]
+    chosen = [
+        d
+        for d in devices
+        if (not device or d.device == device)
+        and (not disk or d.disk == disk)
+        and (not device_type or d.device_type == device_type)
+        and d.error is None
+    ]
     if not chosen:
         return None
     successes: list[float | None] = []
@@ -69,5 +85,11 @@ def storage_evidence(
     if "dataset" in selector:
         return snapshot_evidence(datasets, selector["dataset"])
     if "test" in selector:
-        return selftest_evidence(devices, selector["test"], selector.get("device"))
+        return selftest_evidence(
+            devices,
+            selector["test"],
+            selector.get("device"),
+            disk=selector.get("disk"),
+            device_type=selector.get("type"),
+        )
     return None

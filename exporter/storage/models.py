@@ -78,9 +78,16 @@ class SmartDevice:
     smartctl's bitmask (``None`` when the data did not come from smartctl). ``standby``
     marks a device that was asleep at the last poll; the values are then those of the
     previous poll.
+
+    A series is labelled ``device`` (the path read), ``type`` (smartctl's ``-d`` type,
+    ``megaraid,3``) and ``disk`` (the identity: the serial number, else the WWN, ``""``
+    when unread): disks behind one controller node share ``device`` but not ``type``.
     """
 
     device: str
+    device_type: str = ""
+    disk: str = ""
+    wwn: str = ""
     model: str = ""
     serial: str = ""
     protocol: str = ""

@@ -17,7 +17,8 @@ Sample exposition::
     backup_zfs_pool_state{pool="tank",source="nas",state="ONLINE"} 1.0
     # HELP backup_smart_selftest_last_timestamp_seconds Estimated end of the newest self-test.
     # TYPE backup_smart_selftest_last_timestamp_seconds gauge
-    backup_smart_selftest_last_timestamp_seconds{device="/dev/sda",source="nas",test="long"} 1.7e+09
+    backup_smart_selftest_last_timestamp_seconds{device="/dev/sda",disk="9RJ1XXXA",source="nas",\
+test="long",type=""} 1.7e+09
 """
 
 from __future__ import annotations
@@ -144,12 +145,18 @@ def render_smart(source: str, devices: Iterable[SmartDevice]) -> Iterator[Metric
 
         # HELP backup_smart_healthy 1 when the SMART overall-health self-assessment passed.
         # TYPE backup_smart_healthy gauge
-        backup_smart_healthy{device="/dev/sda",source="nas"} 1.0
+        backup_smart_healthy{device="/dev/bus/0",disk="ZL2A01",source="nas",type="megaraid,0"} 1.0
+        backup_smart_healthy{device="/dev/bus/0",disk="ZL2A02",source="nas",type="megaraid,1"} 1.0
         # HELP backup_smart_selftest_last_passed 1 when the newest self-test of this kind passed.
         # TYPE backup_smart_selftest_last_passed gauge
-        backup_smart_selftest_last_passed{device="/dev/sda",source="nas",test="long"} 1.0
+        backup_smart_selftest_last_passed{device="/dev/sda",disk="9RJ1XXXA",source="nas",\
+test="long",type="sat"} 1.0
+
+    Every series carries ``device`` (the path read), ``type`` (the ``-d`` type) and
+    ``disk`` (serial number, else WWN): the disks behind one MegaRAID node share
+    ``device`` and differ in ``type`` and ``disk``. A device listed twice is rendered once.
     """
-    labels = ("source", "device")
+    labels = ("source", "device", "type", "disk")
     test_labels = (*labels, "test")
     info = _gauge(
         "backup_smart_device_info",
@@ -212,8 +219,13 @@ def render_smart(source: str, devices: Iterable[SmartDevice]) -> Iterator[Metric
         "The disk could not be read at the last poll; reason says why (always 1).",
         (*labels, "reason"),
     )
+    seen: set[tuple[str, str, str]] = set()
     for dev in devices:
-        values = [source, dev.device]
+        ident = (dev.device, dev.device_type, dev.disk)
+        if ident in seen:
+            continue  # the same disk listed twice: identical labels would be invalid
+        seen.add(ident)
+        values = [source, *ident]
         if dev.model or dev.serial:
             info.add_metric([*values, dev.model, dev.serial], 1.0)
         if dev.healthy is not None:

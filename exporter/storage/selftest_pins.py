@@ -32,27 +32,40 @@ MEMORY_KEY = "selftests"
 FORGET_AFTER = 365 * 86400.0
 
 
-def disk_identity(serial: str = "", wwn: str = "", device: str = "") -> str:
-    """Name a disk stably: by serial number, else WWN, else the device path."""
+def disk_identity(serial: str = "", wwn: str = "", device: str = "", device_type: str = "") -> str:
+    """Name a disk stably: by serial number, else WWN, else the device path and ``-d`` type.
+
+    Disks behind one controller node (``-d megaraid,N`` on ``/dev/bus/0``) share the path,
+    so the type is part of the last resort.
+    """
     if serial:
         return f"serial:{serial}"
     if wwn:
         return f"wwn:{wwn}"
-    return f"device:{device}"
+    return f"device:{device}" + (f",{device_type}" if device_type else "")
+
+
+_HEX = frozenset("0123456789abcdef")
 
 
 def smartctl_wwn(doc: Mapping[str, object]) -> str:
-    """Return the WWN of a ``smartctl --json`` document as 16 hex digits, or ``""``."""
+    """Return the WWN of a ``smartctl --json`` document as hex digits, or ``""``.
+
+    ATA and NVMe print ``wwn`` {naa, oui, id} (16 hex digits); SCSI/SAS prints the
+    logical unit's NAA designator as ``logical_unit_id`` ("0x5000c500a1b2c3d4",
+    smartmontools ``scsiprint.cpp`` ``scsiGetDriveInfo``), used without its ``0x``.
+    """
     wwn = as_dict(doc.get("wwn"))
     naa, oui, ident = as_int(wwn.get("naa")), as_int(wwn.get("oui")), as_int(wwn.get("id"))
-    if naa is None or oui is None or ident is None:
-        return ""
-    return f"{naa:x}{oui:06x}{ident:09x}"
+    if naa is not None and oui is not None and ident is not None:
+        return f"{naa:x}{oui:06x}{ident:09x}"
+    lu = as_str(doc.get("logical_unit_id")).lower().removeprefix("0x")
+    return lu if lu and set(lu) <= _HEX else ""
 
 
-def smartctl_identity(doc: Mapping[str, object], device: str) -> str:
+def smartctl_identity(doc: Mapping[str, object], device: str, device_type: str = "") -> str:
     """Return the :func:`disk_identity` of the disk a ``smartctl --json`` document names."""
-    return disk_identity(as_str(doc.get("serial_number")), smartctl_wwn(doc), device)
+    return disk_identity(as_str(doc.get("serial_number")), smartctl_wwn(doc), device, device_type)
 
 
 def entry_key(kind: str, stamp: int, status: object) -> str:
@@ -89,6 +102,17 @@ class SelfTestPins:
             raw = memory[MEMORY_KEY] = {}
         self._disks: dict[str, Any] = raw
         self._now = now
+        self._claimed: set[str] = set()
+
+    def claim(self, identity: str, fallback: str) -> str:
+        """Reserve ``identity`` for one disk of this poll; a second claimant gets ``fallback``.
+
+        Two disks should never share a serial number, but redacted or cloned serials do
+        happen (USB bridges, RAID volumes); their pins must not mix.
+        """
+        chosen = fallback if identity in self._claimed else identity
+        self._claimed.add(chosen)
+        return chosen
 
     def disk(self, identity: str) -> DiskPins:
         """Start reading the log of disk ``identity``."""

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from exporter.storage.models import SELFTEST_KINDS, SelfTestResult, SmartDevice
-from exporter.storage.selftest_pins import DiskPins, entry_key
+from exporter.storage.selftest_pins import DiskPins, entry_key, smartctl_wwn
 from exporter.storage.values import as_dict, as_int, as_num, as_str
 
 # Explanations of the exit status bits, bit 0 first, parallel to models.EXIT_STATUS_FLAGS.
@@ -51,7 +51,10 @@ def _selftest_kind(description: str) -> str | None:
 
 
 def ata_selftest_age_hours(power_on_hours: int, lifetime_hours: int) -> int | None:
-    """Hours between an ATA self-test log entry and now, or ``None`` when inconsistent.
+    """Hours between an ATA (or SCSI) self-test log entry and now, or ``None`` if inconsistent.
+
+    SCSI logs the same 16-bit stamp: smartmontools ``scsiprint.cpp`` ``scsiPrintSelfTest``
+    reads each entry's "accumulated power on hours" with ``sg_get_unaligned_be16``.
 
     The log stores the low 16 bits of the power-on hours (``lifetime_hours`` wraps at
     65,536 h, about 7.5 years), while ``power_on_time.hours`` is the full counter. The
@@ -191,6 +194,81 @@ def _nvme_selftests(
     return _collect_selftests(entries), running, remaining
 
 
+# SCSI self-test log page (SPC-3 7.2.10), as smartctl >= 7.3 prints it in JSON:
+# smartmontools src/scsiprint.cpp scsiPrintSelfTest writes one object per logged entry,
+# ``scsi_self_test_0`` (newest, parameter code 1) to ``scsi_self_test_19``, each with
+# ``code`` {value, string}: the self-test code (1 background short, 2 background long,
+# 5 foreground short, 6 foreground long; 0 default, 4 abort, 3/7 reserved),
+# ``result`` {value, string}: 0 completed; 1 aborted by the host, 2 aborted by a reset
+# (no verdict); 3 unknown error and 4-7 a failed segment (smartctl sets FAILSMART for 3
+# and FAILLOG for 4-7: all failures); 8-14 reserved; 15 in progress, then with
+# ``self_test_in_progress: true`` and no ``power_on_time``; otherwise
+# ``power_on_time.hours``: the 16-bit power-on-hours stamp; ``failed_segment`` etc.
+_SCSI_CODES = {1: "short", 2: "long", 5: "short", 6: "long"}
+_SCSI_FAILED = frozenset(range(3, 8))
+_SCSI_RUNNING = 15
+_SCSI_KEY = re.compile(r"scsi_self_test_(\d+)")
+
+
+def _scsi_entries(doc: Mapping[str, object]) -> list[dict[str, object]]:
+    """Return the ``scsi_self_test_N`` objects, newest (N = 0) first."""
+    found: list[tuple[int, dict[str, object]]] = []
+    for key, raw in doc.items():
+        match = _SCSI_KEY.fullmatch(key)
+        if match and isinstance(raw, dict):
+            found.append((int(match.group(1)), raw))
+    return [entry for _, entry in sorted(found, key=lambda item: item[0])]
+
+
+def _scsi_selftests(
+    doc: Mapping[str, object], power_on_hours: int | None, now: float, pins: DiskPins
+) -> tuple[tuple[SelfTestResult, ...], bool, bool]:
+    """Reduce a SAS/SCSI self-test log: (results per kind, running, log was printed)."""
+    raw_entries = _scsi_entries(doc)
+    entries: list[tuple[str, float | None, bool | None, str]] = []
+    running = False
+    for entry in raw_entries:
+        code = as_dict(entry.get("code"))
+        result = as_dict(entry.get("result"))
+        code_value = as_int(code.get("value"))
+        kind = _SCSI_CODES.get(code_value) if code_value is not None else None
+        if code_value is None:  # older captures (TrueNAS tests) carry only the strings
+            kind = _selftest_kind(as_str(code.get("string")))
+        value = as_int(result.get("value"))
+        text = as_str(result.get("string"))
+        if value is None:
+            low = text.lower()
+            value = (
+                0
+                if low == "completed"
+                else _SCSI_RUNNING
+                if "in progress" in low
+                else 3
+                if "unknown error" in low
+                else 4
+                if "fail" in low
+                else 1
+                if "abort" in low
+                else None
+            )
+        if value == _SCSI_RUNNING or entry.get("self_test_in_progress") is True:
+            running = True
+            continue
+        if kind is None:
+            continue
+        passed = True if value == 0 else False if value in _SCSI_FAILED else None
+        stamp = as_int(as_dict(entry.get("power_on_time")).get("hours"))
+        ts = None
+        if stamp is not None and power_on_hours is not None:
+            age = ata_selftest_age_hours(power_on_hours, stamp)
+            ts = None if age is None else now - age * 3600.0
+        key = (
+            None if stamp is None else entry_key(kind, stamp, value if value is not None else text)
+        )
+        entries.append((kind, pins.pin(key, ts), passed, text))
+    return _collect_selftests(entries), running, bool(raw_entries)
+
+
 def _ata_attribute_raw(doc: Mapping[str, object], attr_id: int) -> int | None:
     table = as_dict(doc.get("ata_smart_attributes")).get("table")
     for raw in table if isinstance(table, list) else []:
@@ -230,13 +308,17 @@ def parse_smartctl_json(
     *,
     now: float,
     device: str | None = None,
+    device_type: str | None = None,
     pins: DiskPins | None = None,
 ) -> SmartDevice:
     """Turn one ``smartctl --json`` document (any exit status) into a :class:`SmartDevice`.
 
     ``device`` is the name the caller asked for and becomes the label; without it the
-    document's ``device.name`` is used. Self-test times are estimated from power-on
-    hours (see :func:`ata_selftest_age_hours`), so they have a resolution of one hour;
+    document's ``device.name`` is used. ``device_type`` is the ``-d`` type asked for (the
+    ``type`` label; ``""`` when smartctl chose); without it the document's ``device.type``.
+    The disk's identity (the ``disk`` label) is its serial number, else its WWN.
+    Self-test times are estimated from power-on hours (see :func:`ata_selftest_age_hours`),
+    so they have a resolution of one hour;
     with ``pins`` an entry seen before keeps the time it was given then, and every timed
     entry read is recorded in ``pins.pinned``.
     """
@@ -286,6 +368,9 @@ def parse_smartctl_json(
 
     pins = pins if pins is not None else DiskPins({})
     selftests, running = _ata_selftests(doc, hours, now, pins)
+    scsi_tests, scsi_running, scsi_log = _scsi_selftests(doc, hours, now, pins)
+    selftests = selftests or scsi_tests
+    running = running or scsi_running
     remaining: float | None = None
     current = as_dict(as_dict(doc.get("ata_smart_data")).get("self_test"))
     if current:
@@ -300,13 +385,18 @@ def parse_smartctl_json(
         selftests = selftests or nvme_tests
         remaining = remaining if remaining is not None else nvme_remaining
     # Only claim "not running" when smartctl reported the current self-test state.
-    has_state = bool(current) or "nvme_self_test_log" in doc
+    has_state = bool(current) or "nvme_self_test_log" in doc or scsi_log
     selftest_running = (running or nvme_running) if has_state or running else None
 
+    serial = as_str(doc.get("serial_number"))
+    wwn = smartctl_wwn(doc)
     return SmartDevice(
         device=name,
+        device_type=as_str(info.get("type")) if device_type is None else device_type,
+        disk=serial or wwn,
+        wwn=wwn,
         model=as_str(doc.get("model_name")) or as_str(doc.get("scsi_model_name")),
-        serial=as_str(doc.get("serial_number")),
+        serial=serial,
         protocol=protocol,
         healthy=healthy,
         temperature_celsius=temperature,

@@ -16,6 +16,7 @@ _VERSIONS = {
     "24.10": "TrueNAS-SCALE-24.10.2.4",
     "25.04": "TrueNAS-25.04.2.6",
     "25.10": "TrueNAS-25.10.0",
+    "26.0": "TrueNAS-26.0.0-BETA.3",
 }
 
 

@@ -104,7 +104,7 @@ class TrueNASScenario:
     """Everything the fake serves, and the knobs tests and the demo turn."""
 
     now: Callable[[], float]
-    series: str = "25.04"  # the release line: 24.10 | 25.04 | 25.10
+    series: str = "25.04"  # the release line: 24.10 | 25.04 | 25.10 | 26.0
     version: str = ""  # system.version; empty: the release's usual string
     tz: str = "Europe/Berlin"
     username: str = "svc-exporter"
@@ -294,12 +294,26 @@ class TrueNASScenario:
         proxmox.own = sum(self.archives)
 
     def _check_scrub(self, task: FakeScrubTask, at: float) -> None:
-        # plugins/pool_/scrub.py __run: skip while scanning or within threshold - 1 days.
+        # Up to 25.10, plugins/pool_/scrub.py __run: skip while scanning or within
+        # threshold - 1 days of the last scrub's start (zpool history). From 26.0,
+        # plugins/zpool/scrub_impl.py validate_pool: skip while the last finished scrub
+        # ended at or after now - (threshold - 1) days; without one, the history decides.
         if task.pool != self.pool or self.scan.get("state") == "SCANNING":
             return
-        last = self.last_scrub_start
-        if last is not None and at - last < (task.threshold - 1) * DAY:
-            return
+        cutoff = at - (task.threshold - 1) * DAY
+        scan = self.scan
+        if (
+            self.series == "26.0"
+            and scan.get("function") == "SCRUB"
+            and scan.get("state") == "FINISHED"
+            and scan.get("end") is not None
+        ):
+            if scan["end"] >= cutoff:
+                return
+        else:
+            last = self.last_scrub_start
+            if last is not None and at - last < (task.threshold - 1) * DAY:
+                return
         self.last_scrub_start = at
         self.scan = {
             "function": "SCRUB",

@@ -96,10 +96,15 @@ class SmartctlConfig(SourceConfig):
 
 @dataclass(frozen=True, kw_only=True, config=STRICT)
 class SmartctlEvidence(EvidenceSelector):
-    """``{source, test[, device]}``: the oldest of each disk's newest passed self-test."""
+    """``{source, test[, device, type, disk]}``: the oldest of each disk's newest passed self-test.
+
+    ``disk`` is a serial number (else WWN), as in the ``disk`` label; ``type`` a ``-d`` type.
+    """
 
     test: Text
     device: Text = ""
+    type: Text = ""
+    disk: Text = ""
 
 
 SPEC = KindSpec(

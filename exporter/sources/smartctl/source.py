@@ -23,10 +23,12 @@ Sample exposition::
 
     # HELP backup_smart_healthy 1 when the SMART overall-health self-assessment passed.
     # TYPE backup_smart_healthy gauge
-    backup_smart_healthy{device="/dev/sda",source="nas"} 1.0
+    backup_smart_healthy{device="/dev/sda",disk="9RJ1XXXA",source="nas",type=""} 1.0
+    backup_smart_healthy{device="/dev/bus/0",disk="ZL2A03",source="nas",type="megaraid,3"} 1.0
     # HELP backup_smart_device_error_info The disk could not be read at the last poll.
     # TYPE backup_smart_device_error_info gauge
-    backup_smart_device_error_info{device="/dev/sdz",reason="open_failed",source="nas"} 1.0
+    backup_smart_device_error_info{device="/dev/sdz",disk="",reason="open_failed",source="nas",\
+type=""} 1.0
 """
 
 from __future__ import annotations
@@ -89,15 +91,20 @@ class SmartctlSource(Source[SmartctlConfig, SmartSnapshot]):
 
         # HELP backup_smart_selftest_last_passed 1 when the newest self-test of this kind passed.
         # TYPE backup_smart_selftest_last_passed gauge
-        backup_smart_selftest_last_passed{device="/dev/sda",source="nas",test="long"} 1.0
+        backup_smart_selftest_last_passed{device="/dev/sda",disk="9RJ1XXXA",source="nas",\
+test="long",type=""} 1.0
     """
 
     kind = KIND
 
     def __init__(self, config: SmartctlConfig) -> None:
         super().__init__(config)
-        # Last good read per device, reused while a disk sleeps (polls never overlap).
-        self._last: dict[str, SmartDevice] = {}
+        # Last good read per (path, -d type), reused while a disk sleeps (polls never
+        # overlap). The type is part of the key: the disks behind one MegaRAID node share
+        # the path /dev/bus/N. A sleeping disk's answer names no disk (smartctl checks the
+        # power mode before reading IDENTIFY: smartmontools src/ataprint.cpp ataPrintMain),
+        # so the slot is the only key; the read it maps to carries the disk's identity.
+        self._last: dict[tuple[str, str], SmartDevice] = {}
 
     def device_argv(self, dev: DeviceSpec) -> list[str]:
         """Build the smartctl command line for one device."""
@@ -138,30 +145,46 @@ class SmartctlSource(Source[SmartctlConfig, SmartSnapshot]):
         except FetchError as exc:
             if exc.reason != "timeout":
                 raise  # missing smartctl / ssh failure: every device would fail alike
-            return SmartDevice(device=dev.name, error=exc.message, error_reason="timeout")
+            return SmartDevice(
+                device=dev.name,
+                device_type=dev.type,
+                disk=self._known_disk(dev),
+                error=exc.message,
+                error_reason="timeout",
+            )
         doc = _load(result.stdout)
         if doc is None:
             detail = " ".join(result.stderr.split())[:200] or "no output"
             return SmartDevice(
                 device=dev.name,
+                device_type=dev.type,
+                disk=self._known_disk(dev),
                 error=f"smartctl printed no JSON (exit {result.returncode}): {detail}",
                 error_reason="parse",
                 exit_status=result.returncode,
             )
-        identity = smartctl_identity(doc, dev.name)
+        plain = smartctl_identity(doc, dev.name, dev.type)
+        identity = pins.claim(plain, f"{plain}@{dev.name},{dev.type}")
         disk = pins.disk(identity)
-        parsed = parse_smartctl_json(doc, now=now, device=dev.name, pins=disk)
+        parsed = parse_smartctl_json(doc, now=now, device=dev.name, device_type=dev.type, pins=disk)
+        if parsed.error is not None and not parsed.disk:
+            parsed = replace(parsed, disk=self._known_disk(dev))
         if parsed.standby:
-            previous = self._last.get(dev.name)
+            previous = self._last.get((dev.name, dev.type))
             if previous is not None:
                 # Keep the last real read whole, its exit bits too: "open failed" (bit 1)
                 # is how smartctl reports the sleep, not a problem of the disk.
                 return replace(previous, standby=True)
             return replace(parsed, exit_status=None)
         if parsed.error is None:
-            self._last[dev.name] = parsed
+            self._last[(dev.name, dev.type)] = parsed
             pins.commit(identity, disk)
         return parsed
+
+    def _known_disk(self, dev: DeviceSpec) -> str:
+        """Return the identity last read in this slot (an unreadable disk keeps its label)."""
+        previous = self._last.get((dev.name, dev.type))
+        return "" if previous is None else previous.disk
 
     async def fetch(self, ctx: FetchContext) -> SmartSnapshot:
         """Read every configured (or scanned) device, one after the other."""
@@ -189,11 +212,21 @@ class SmartctlSource(Source[SmartctlConfig, SmartSnapshot]):
         yield from render_smart(self.name, snapshot.devices)
 
     def evidence(self, snapshot: SmartSnapshot, selector: Mapping[str, str]) -> Evidence | None:
-        """``{test: long[, device: /dev/sda]}`` → the oldest of each disk's newest passed test."""
+        """``{test: long[, device, type, disk]}`` → the oldest of each disk's newest passed test.
+
+        ``disk`` is the serial number (else WWN) the ``disk`` label shows; ``device`` and
+        ``type`` name a path and ``-d`` type (one slot behind a MegaRAID controller).
+        """
         test = selector.get("test", "")
         if test not in SELFTEST_KINDS:
             return None
-        return selftest_evidence(snapshot.devices, test, selector.get("device"))
+        return selftest_evidence(
+            snapshot.devices,
+            test,
+            selector.get("device"),
+            disk=selector.get("disk"),
+            device_type=selector.get("type"),
+        )
 
 
 def _fetch_reason(dev: SmartDevice) -> Reason:

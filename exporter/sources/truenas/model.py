@@ -74,10 +74,24 @@ class PoolScrub:
     completed_end: float | None = None
     canceled: bool = False  # the last scrub was canceled
     created: float | None = None  # the pool's creation (counts as a scrub for the threshold)
+    anchor_on_end: bool = False  # 26.0+: the threshold runs from the last scrub's end
 
     @property
     def threshold_anchor(self) -> float | None:
-        """What TrueNAS measures the threshold from: the last scrub, else the creation."""
+        """What TrueNAS measures the threshold from: the last scrub, else the creation.
+
+        Up to 25.10 ``pool.scrub.run`` takes the newest ``zpool scrub|create|import`` line
+        of ``zpool history``, i.e. the *start* of the last scrub (truenas/middleware
+        ``src/middlewared/middlewared/plugins/pool_/scrub.py`` ``PoolScrubService.__run``,
+        tag TS-25.10.3.1). From 26.0 ``zpool.scrub.run`` measures from the *end* of the
+        last finished scrub and skips the start silently while ``scan.end_time >= now -
+        (threshold - 1) days`` (``src/middlewared/middlewared/plugins/zpool/scrub_impl.py``
+        ``validate_pool``, raising ``ZpoolScrubNotDueException``: no alert, not a failure),
+        falling back to the history (pool creation or import) when no scrub finished.
+        The comparison is inclusive, so the first eligible second is one after the end.
+        """
+        if self.anchor_on_end and self.completed_end is not None:
+            return self.completed_end + 1.0
         return self.completed_start if self.completed_start is not None else self.created
 
 

@@ -186,7 +186,12 @@ class TrueNASSource(Source[TrueNASConfig, TrueNASSnapshot]):
             )
             with parsing("pool.dataset.query"):
                 datasets, created = parse_datasets(raw, self.filter)
-            scrubs = [dataclasses.replace(s, created=created.get(s.pool)) for s in scrubs]
+            scrubs = [
+                dataclasses.replace(
+                    s, created=created.get(s.pool), anchor_on_end=profile.release >= (26, 0)
+                )
+                for s in scrubs
+            ]
 
             raw = await client.call(
                 profile.snapshot_method,
