@@ -77,9 +77,7 @@ def target_timeout_problems(timeout: float, target_timeout: float) -> Iterator[t
         yield "target_timeout", "must be shorter than timeout"
 
 
-async def within(
-    ctx: FetchContext, work: Coroutine[Any, Any, R], seconds: float, what: str
-) -> R:
+async def within(ctx: FetchContext, work: Coroutine[Any, Any, R], seconds: float, what: str) -> R:
     """Run ``work`` for at most ``seconds``; then raise ``FetchError('timeout')``.
 
     A blocking SDK call that an earlier target's timeout abandoned may still hold the
