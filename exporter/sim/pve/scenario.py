@@ -44,6 +44,10 @@ class FakeStorage:
     enabled: bool = True
     prune_backups: str | None = None  # property string as in storage.cfg: "keep-last=3,..."
     other_used: int = 0  # bytes used by things that are not vzdump archives
+    # A slow or failing backend behind this one storage (a PBS datastore that hangs):
+    # its content listing waits ``content_delay`` seconds, or answers ``content_fail_status``.
+    content_delay: float = 0.0
+    content_fail_status: int | None = None
 
 
 @dataclass

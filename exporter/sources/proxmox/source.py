@@ -16,15 +16,17 @@ Sample exposition (see :mod:`exporter.sources.proxmox.render` for every family):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client.core import Metric
 
 from exporter.schedule.expressions import Schedule, ScheduleError
 from exporter.schedule.jobs import Evidence, JobSpec
-from exporter.sources.base import FetchContext, Source
+from exporter.sources.base import FetchContext, FetchError, Source
 from exporter.sources.proxmox import KIND
 from exporter.sources.proxmox.api import ProxmoxApi, check_backup_visibility
 from exporter.sources.proxmox.config import SPEC as SPEC  # noqa: PLC0414 - re-export
@@ -43,8 +45,39 @@ from exporter.sources.proxmox.responses import (
     parse_storage_config,
 )
 from exporter.sources.proxmox.tasks import guest_evidence, job_tasks, parse_tasks
+from exporter.sources.targets import TargetStatus, render_targets, storage_target, within
 
 log = logging.getLogger(__name__)
+
+# ctx.memory: each storage's last listed archives, so a storage that is down after a restart
+# still shows its last-known archives ({sid: [Archive as a dict, ...]}).
+_MEMORY_KEY = "storage_archives"
+
+
+def _recall_archives(raw: Any) -> dict[str, list[Archive]]:
+    """Decode the remembered archives; whatever does not decode is forgotten."""
+    out: dict[str, list[Archive]] = {}
+    if not isinstance(raw, dict):
+        return out
+    for sid, rows in raw.items():
+        if not isinstance(sid, str) or not isinstance(rows, list):
+            continue
+        archives = [a for row in rows if (a := _archive(sid, row)) is not None]
+        if len(archives) == len(rows):
+            out[sid] = archives
+    return out
+
+
+def _archive(sid: str, row: Any) -> Archive | None:
+    if not isinstance(row, dict) or row.get("storage") != sid:
+        return None
+    vmid, ctime, size = row.get("vmid"), row.get("ctime"), row.get("size")
+    protected, verified = row.get("protected", False), row.get("verified")
+    if not (isinstance(vmid, int) and isinstance(size, int) and isinstance(protected, bool)):
+        return None
+    if not isinstance(ctime, (int, float)) or not isinstance(verified, (bool, type(None))):
+        return None
+    return Archive(sid, vmid, float(ctime), size, protected=protected, verified=verified)
 
 
 @dataclass
@@ -97,13 +130,22 @@ class ProxmoxSource(Source[ProxmoxConfig, ProxmoxSnapshot]):
             tasks.extend(parse_tasks(data, node))
         storages: list[BackupStorage] = []
         archives: list[Archive] = []
+        targets: list[TargetStatus] = []
+        last = _recall_archives(ctx.memory.get(_MEMORY_KEY))
+        keep: dict[str, list[Archive]] = {}
         for sid, entry in sorted(seen.items()):
             active_nodes = [n for n, active, _, _ in entry.per_node if active]
             # A shared storage is the same files from every node: list it once.
             list_from = active_nodes[:1] if entry.shared else active_nodes
-            for node in list_from:
-                data = await api.backup_content(ctx, node, sid)
-                archives.extend(parse_content(data, node, sid, tz))
+            listed = bool(list_from)
+            if list_from:
+                found, status = await self._list_storage(ctx, sid, list_from, last.get(sid))
+                targets.append(status)
+                if found is None:
+                    listed = False  # down and never listed: unknown, not "no archives"
+                else:
+                    archives.extend(found)
+                    keep[sid] = found
             if entry.shared:
                 first = next((p for p in entry.per_node if p[1]), entry.per_node[0])
                 total, used = first[2], first[3]
@@ -119,7 +161,7 @@ class ProxmoxSource(Source[ProxmoxConfig, ProxmoxSnapshot]):
                     total=total,
                     used=used,
                     nodes=tuple(p[0] for p in entry.per_node),
-                    listed=bool(list_from),
+                    listed=listed,
                     retention=storage_config.get(sid),
                 )
             )
@@ -134,15 +176,49 @@ class ProxmoxSource(Source[ProxmoxConfig, ProxmoxSnapshot]):
             not_backed_up=not_backed_up,
             tasks=tuple(sorted(tasks, key=lambda t: (t.node, t.starttime))),
             tasks_read_nodes=tuple(online),
+            targets=tuple(targets),
         )
         check_backup_visibility(snapshot)
+        ctx.memory[_MEMORY_KEY] = {
+            sid: [dataclasses.asdict(a) for a in found] for sid, found in keep.items()
+        }
         return snapshot
+
+    async def _list_storage(
+        self, ctx: FetchContext, sid: str, nodes: list[str], last: list[Archive] | None
+    ) -> tuple[list[Archive] | None, TargetStatus]:
+        """List one storage's backups under its own ``target_timeout``.
+
+        A storage that fails (a PBS datastore that hangs, a NFS mount that errors) is the
+        target ``storage/<id>`` down: it keeps its last-known archives (``None`` when it was
+        never listed) and the rest of the poll goes on.
+        """
+        target = storage_target(sid)
+        try:
+            found = await within(
+                ctx,
+                self._read_storage(ctx, sid, nodes),
+                self.config.storage_timeout,
+                f"storage {sid!r}",
+            )
+        except FetchError as exc:
+            log.debug("source=%s storage %s: %s", self.name, sid, exc)
+            return last, TargetStatus.failed(target, exc)
+        return found, TargetStatus(target, up=True)
+
+    async def _read_storage(self, ctx: FetchContext, sid: str, nodes: list[str]) -> list[Archive]:
+        found: list[Archive] = []
+        for node in nodes:
+            data = await self._api.backup_content(ctx, node, sid)
+            found.extend(parse_content(data, node, sid, self.config.zone))
+        return found
 
     # ---- render
 
     def render(self, snapshot: ProxmoxSnapshot) -> Iterator[Metric]:
         """Build the ``backup_pve_*`` families (one series per guest, storage, job or node)."""
         yield from render_snapshot(self.name, snapshot, grace=self.config.job_grace)
+        yield from render_targets(self.name, self.kind, snapshot.targets)
 
     # ---- jobs
 
