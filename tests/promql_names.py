@@ -31,6 +31,8 @@ EXPORTED = {
     "backup_source_api_requests_total",
     "backup_source_error_info",
     "backup_source_expected_offline",
+    "backup_target_up",
+    "backup_target_error_info",
     "backup_state_up",
     "backup_state_error_info",
     "backup_job_info",
