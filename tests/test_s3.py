@@ -161,6 +161,7 @@ class FaultProxy:
         self.upstream = upstream
         self.counts: Counter[str] = Counter()
         self.fail_lists = False
+        self.fail_buckets: set[str] = set()  # 500 on the listings of these buckets only
         self.hang: threading.Event | None = None
         self.hung = threading.Event()
         proxy = self
@@ -181,7 +182,8 @@ class FaultProxy:
                     proxy.hang.wait(30)
                     self.close_connection = True
                     return  # the client gave up long ago
-                if kind == "list" and proxy.fail_lists:
+                bucket = self.path.split("?", 1)[0].strip("/").split("/", 1)[0]
+                if kind == "list" and (proxy.fail_lists or bucket in proxy.fail_buckets):
                     msg = (
                         b"<Error><Code>InternalError</Code>"
                         b"<Message>injected failure</Message></Error>"
