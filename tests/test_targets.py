@@ -23,20 +23,27 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from test_s3 import FaultProxy, moto_port, seed_client
+from test_truenas import START as NAS_START
+from test_truenas import make_source as truenas_source
+from test_zfs import FIXTURES, FakeTools, tools
 
 from exporter.core.clock import FakeClock
 from exporter.core.collector import SnapshotCollector
 from exporter.core.config import ConfigError, parse_config
 from exporter.core.poller import Poller
 from exporter.sim.pve import FakePVE, PVEScenario, homelab, start_fake_pve
+from exporter.sim.truenas import homelab as nas_homelab
+from exporter.sim.truenas import start_fake_truenas
 from exporter.sources.b2.source import B2Source
+from exporter.sources.base import FetchContext, FetchError
 from exporter.sources.proxmox.model import ProxmoxSnapshot
 from exporter.sources.proxmox.source import SPEC as PVE_SPEC
 from exporter.sources.proxmox.source import ProxmoxSource
 from exporter.sources.s3.source import S3Source
 from exporter.sources.targets import TargetStatus
+from exporter.sources.zfs.source import ZfsConfig, ZfsSource
 
-__all__ = ["moto_port"]  # the session fixture, shared with tests/test_s3.py
+__all__ = ["moto_port", "tools"]  # fixtures shared with tests/test_s3.py and tests/test_zfs.py
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 MS = 1000
@@ -427,6 +434,97 @@ async def test_one_slow_or_failing_pve_storage_leaves_the_other_untouched(
             await restarted.close()
     finally:
         await source.close()
+
+
+# ------------------------------------------------------------------------------ zfs
+
+
+async def test_zfs_dataset_listing_is_a_target_per_pool(tools: FakeTools) -> None:
+    tools.set("zfs_list", file=str(FIXTURES / "zfs" / "zfs_list_hp.txt"))
+    tools.set("zpool_status", file=str(FIXTURES / "zfs" / "zpool_status_two_pools.txt"))
+    source = ZfsSource(
+        ZfsConfig(
+            name="nas",
+            kind="zfs",
+            interval=300.0,
+            timeout=10.0,
+            target_timeout=0.5,
+            json="false",
+        )
+    )
+    ctx = FetchContext(clock=FakeClock(NOW))
+    first = await source.fetch(ctx)
+    before = samples(exposition(source.render(first)))
+    assert targets(before) == {"dataset/tank": 1.0, "dataset/backup": 1.0}
+    datasets = {k: v for k, v in before.items() if k[0].startswith("backup_zfs_dataset")}
+    assert datasets
+    # `zfs list` hangs (a pool with very many snapshots): killed at its own 0.5 s, the pools
+    # are still read and the datasets keep their last-known values.
+    tools.set("zfs_list", hang=True)
+    second = await source.fetch(ctx)
+    after = samples(exposition(source.render(second)))
+    assert targets(after) == {"dataset/tank": 0.0, "dataset/backup": 0.0}
+    assert reasons(after) == {"dataset/tank": "timeout", "dataset/backup": "timeout"}
+    assert second.datasets == first.datasets
+    assert {k: v for k, v in after.items() if k[0].startswith("backup_zfs_dataset")} == datasets
+    pools = {k: v for k, v in before.items() if k[0].startswith("backup_zfs_pool")}
+    assert {k: v for k, v in after.items() if k[0].startswith("backup_zfs_pool")} == pools
+    assert [c["tool"] for c in tools.calls()][-2:] == ["zfs", "zpool"], "the pools were read"
+    # A refused listing is the target's too; a host that cannot run ZFS is the source's.
+    tools.set("zfs_list", stderr="cannot open 'tank': permission denied\n", rc=1)
+    third = samples(exposition(source.render(await source.fetch(ctx))))
+    assert reasons(third) == {"dataset/tank": "permission", "dataset/backup": "permission"}
+    tools.set("zfs_list", stderr="failed to initialize ZFS library\n", rc=1)
+    with pytest.raises(FetchError) as err:
+        await source.fetch(ctx)
+    assert err.value.reason == "connection"
+
+
+# ------------------------------------------------------------------------------ truenas
+
+
+@pytest.mark.parametrize("release", ["24.10", "25.10"])
+async def test_truenas_dataset_listing_fails_alone(release: str) -> None:
+    clock = FakeClock(NAS_START)
+    scenario = nas_homelab(clock.time, release=release)
+    fake = await start_fake_truenas(scenario)
+    try:
+        source = truenas_source(fake, "    timeout: 10s\n    target_timeout: 500ms")
+        poller = Poller(source, clock=clock)
+        collector = SnapshotCollector([poller], clock=clock)
+        assert (await poller.poll_once()).up
+        first = scrape(collector)
+        pools = set(targets(first))
+        assert pools and all(t.startswith("dataset/") for t in pools)
+        jobs_before = job_states(collector)
+        # The snapshot listing answers after 3 s: only the dataset listing times out.
+        snapshot_method = "zfs.snapshot.query" if release == "24.10" else "pool.snapshot.query"
+        scenario.slow_methods[snapshot_method] = 3.0
+        state = await poller.poll_once()
+        assert state.up
+        second = scrape(collector)
+        assert targets(second) == dict.fromkeys(pools, 0.0)
+        assert set(reasons(second).values()) == {"timeout"}
+
+        # Datasets keep their last-known values; everything else (pools, cloud sync, SMART,
+        # job states) was read as usual.
+        def kept(values: Samples) -> Samples:
+            skip = ("backup_target_", "backup_source_api_requests_total")
+            return {k: v for k, v in values.items() if not k[0].startswith(skip)}
+
+        assert kept(second) == kept(first)
+        assert job_states(collector) == jobs_before
+        # A key without the DATASET_READ role: the listing is refused, the rest is read.
+        del scenario.slow_methods[snapshot_method]
+        scenario.denied_methods.add("pool.dataset.query")
+        state = await poller.poll_once()
+        assert state.up
+        assert set(reasons(scrape(collector)).values()) == {"permission"}
+        scenario.denied_methods.clear()
+        assert (await poller.poll_once()).up
+        assert reasons(scrape(collector)) == {}
+    finally:
+        await fake.stop()
 
 
 # ------------------------------------------------------------------------------ config
