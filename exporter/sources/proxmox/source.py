@@ -192,6 +192,12 @@ class ProxmoxSource(Source[ProxmoxConfig, ProxmoxSnapshot]):
         A storage that fails (a PBS datastore that hangs, a NFS mount that errors) is the
         target ``storage/<id>`` down: it keeps its last-known archives (``None`` when it was
         never listed) and the rest of the poll goes on.
+
+        Why a storage needs its own timeout: for a PBS storage PVE answers the content listing
+        by asking the backup server itself, with a 120 s HTTP timeout, and a failure there is
+        ``die "error listing snapshots - ..."`` (an HTTP 500 for this one storage) — pve-storage
+        ``src/PVE/Storage/PBSPlugin.pm``, ``list_volumes`` (``pbs_api_connect(..., 120)``),
+        commit 210b070d. One slow PBS would otherwise hold the poll for up to two minutes.
         """
         target = storage_target(sid)
         try:
