@@ -18,6 +18,11 @@ Cost and memory:
 * The restore check picks its sample while the listing streams (reservoir sampling, one
   object kept), so it costs no extra list calls, only one download.
 
+Each bucket is a target (``bucket/<name>``, :mod:`exporter.sources.targets`): its listing and
+restore check run under the source's ``target_timeout``; a bucket that fails keeps its last
+listing, is ``backup_target_up 0`` with a reason and is tried again at the next poll, while the
+others are listed as usual. The poll itself fails only when the API as a whole is unreachable.
+
 Restore check rules (``restore_check: {interval: 7d, max_bytes: 16MiB, canary: key}``):
 
 * It runs together with a listing of the bucket once ``interval`` has passed since the last
