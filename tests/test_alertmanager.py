@@ -140,10 +140,12 @@ def test_a_down_target_inhibits_only_staleness_alerts_about_that_target() -> Non
             "equal": equal,
         } in rules
     # The inhibiting alert carries bucket/storage/dataset labels split from `target`.
-    (down,) = [r for r in alert_rules() if r["alert"] == "BackupTargetDown"]
-    assert "backup_target_up" in down["expr"]
-    for label in ("bucket", "storage", "dataset"):
-        assert f'"{label}", "$1", "target", "{label}/(.+)"' in down["expr"]
+    stages = [r for r in alert_rules() if r["alert"] == "BackupTargetDown"]
+    assert {r["labels"]["severity"] for r in stages} == {"info", "warning"}
+    for down in stages:
+        assert "backup_target_up" in down["expr"]
+        for label in ("bucket", "storage", "dataset"):
+            assert f'"{label}", "$1", "target", "{label}/(.+)"' in down["expr"]
 
 
 # --------------------------------------------------------------------------------------

@@ -433,7 +433,9 @@ async def test_listing_interrupted_by_500s_keeps_values_and_bounds_calls(world: 
 
 async def test_hung_listing_times_out_keeps_values_and_bounds_calls(world: World) -> None:
     clock = FakeClock(NOW)
-    text = config_yaml(world, extra="retries: 2\n    timeout: 300ms\n    interval: 1h")
+    text = config_yaml(
+        world, extra="retries: 2\n    timeout: 4s\n    target_timeout: 1s\n    interval: 1h"
+    )
     source = make_source(world, text)
     poller = Poller(source, clock=clock)
     good = await poller.poll_once()
@@ -443,7 +445,7 @@ async def test_hung_listing_times_out_keeps_values_and_bounds_calls(world: World
     world.sim.calls.clear()
     world.sim.hang = threading.Event()
     state = await poller.poll_once()
-    # The bucket's own timeout (half the poll's) ends its listing; the source stays up.
+    # The bucket's own target_timeout ends its listing; the source stays up.
     assert state.up
     (target,) = state.snapshot.targets
     assert (target.up, target.reason) == (False, "timeout")

@@ -448,7 +448,7 @@ async def test_zfs_dataset_listing_is_a_target_per_pool(tools: FakeTools) -> Non
             kind="zfs",
             interval=300.0,
             timeout=10.0,
-            target_timeout=0.5,
+            target_timeout=2.0,
             json="false",
         )
     )
@@ -458,7 +458,7 @@ async def test_zfs_dataset_listing_is_a_target_per_pool(tools: FakeTools) -> Non
     assert targets(before) == {"dataset/tank": 1.0, "dataset/backup": 1.0}
     datasets = {k: v for k, v in before.items() if k[0].startswith("backup_zfs_dataset")}
     assert datasets
-    # `zfs list` hangs (a pool with very many snapshots): killed at its own 0.5 s, the pools
+    # `zfs list` hangs (a pool with very many snapshots): killed at its own 2 s, the pools
     # are still read and the datasets keep their last-known values.
     tools.set("zfs_list", hang=True)
     second = await source.fetch(ctx)
