@@ -131,6 +131,23 @@ def test_staleness_alerts_are_inhibited_by_their_source_being_down() -> None:
     assert all("backup_source_up" in r["expr"] for r in down)
 
 
+def test_a_down_target_inhibits_only_staleness_alerts_about_that_target() -> None:
+    rules = load_config()["inhibit_rules"]
+    for label, equal in (("bucket", ["source", "bucket"]), ("storage", ["source", "storage"])):
+        assert {
+            "source_matchers": ['alertname="BackupTargetDown"', f'{label}=~".+"'],
+            "target_matchers": ['staleness="true"', f'{label}=~".+"'],
+            "equal": equal,
+        } in rules
+    # The inhibiting alert carries bucket/storage/dataset labels split from `target`.
+    stages = [r for r in alert_rules() if r["alert"] == "BackupTargetDown"]
+    assert {r["labels"]["severity"] for r in stages} == {"info", "warning"}
+    for down in stages:
+        assert "backup_target_up" in down["expr"]
+        for label in ("bucket", "storage", "dataset"):
+            assert f'"{label}", "$1", "target", "{label}/(.+)"' in down["expr"]
+
+
 # --------------------------------------------------------------------------------------
 # Live inhibition with the real Alertmanager (127.0.0.1, integrations stripped)
 # --------------------------------------------------------------------------------------
@@ -247,6 +264,73 @@ def test_inhibition_in_the_real_alertmanager(alertmanager: str) -> None:
         "b2 down": _alert(alertname="BackupSourceDown", severity="info", source="b2"),
         "storj down long": _alert(alertname="BackupSourceDown", severity="warning", source="storj"),
         "storj down": _alert(alertname="BackupSourceDown", severity="info", source="storj"),
+        # One bucket of a source that answers is down: only that bucket's staleness goes.
+        "b2eu photos down": _alert(
+            alertname="BackupTargetDown",
+            severity="info",
+            source="b2eu",
+            kind="b2",
+            target="bucket/photos",
+            bucket="photos",
+        ),
+        "b2eu photos too old": _alert(
+            alertname="BackupBucketNewestObjectTooOld",
+            source="b2eu",
+            bucket="photos",
+            prefix="immich/",
+            **stale,
+        ),
+        "b2eu photos restore": _alert(
+            alertname="BackupRestoreCheckOverdue", source="b2eu", bucket="photos", **stale
+        ),
+        "b2eu homelab too old": _alert(
+            alertname="BackupBucketNewestObjectTooOld",
+            source="b2eu",
+            bucket="homelab",
+            prefix="immich/",
+            **stale,
+        ),
+        "b2eu job overdue": _alert(
+            alertname="BackupJobOverdue", source="b2eu", backup_job="offsite", **stale
+        ),
+        "other photos too old": _alert(
+            alertname="BackupBucketNewestObjectTooOld",
+            source="b2other",
+            bucket="photos",
+            prefix="immich/",
+            **stale,
+        ),
+        # One PVE storage down: a staleness alert about that storage goes, not the others.
+        "pve2 pbs down": _alert(
+            alertname="BackupTargetDown",
+            severity="info",
+            source="pve2",
+            kind="proxmox",
+            target="storage/pbs",
+            storage="pbs",
+        ),
+        "pve2 pbs stale": _alert(alertname="StorageStale", source="pve2", storage="pbs", **stale),
+        "pve2 nas stale": _alert(alertname="StorageStale", source="pve2", storage="nas", **stale),
+        "pve2 overdue": _alert(
+            alertname="BackupJobOverdue",
+            source="pve2",
+            backup_job="vzdump-daily",
+            vmid="100",
+            **stale,
+        ),
+        # The dataset listing down: the source's dataset alerts go, its pool alerts stay.
+        "nas2 datasets down": _alert(
+            alertname="BackupTargetDown",
+            severity="info",
+            source="nas2",
+            kind="truenas",
+            target="dataset/tank",
+            dataset="tank",
+        ),
+        "nas2 snapshot": _alert(
+            alertname="BackupSnapshotTooOld", source="nas2", dataset="tank/backups", **stale
+        ),
+        "nas2 scrub": _alert(alertname="BackupScrubOverdue", source="nas2", pool="tank", **stale),
     }
     _http(f"{alertmanager}/api/v2/alerts", list(alerts.values()))
 
@@ -277,6 +361,20 @@ def test_inhibition_in_the_real_alertmanager(alertmanager: str) -> None:
         # the warning stage of an alert hides its info stage
         "storj down long": "active",
         "storj down": "inhibited",
+        # a down target hides the staleness alerts about it, nothing else of its source
+        "b2eu photos down": "active",
+        "b2eu photos too old": "inhibited",
+        "b2eu photos restore": "inhibited",
+        "b2eu homelab too old": "active",
+        "b2eu job overdue": "active",
+        "other photos too old": "active",
+        "pve2 pbs down": "active",
+        "pve2 pbs stale": "inhibited",
+        "pve2 nas stale": "active",
+        "pve2 overdue": "active",
+        "nas2 datasets down": "active",
+        "nas2 snapshot": "inhibited",
+        "nas2 scrub": "active",
     }
     assert _poll(states, lambda got: got == expected) == expected
 

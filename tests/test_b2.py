@@ -410,13 +410,20 @@ async def test_listing_interrupted_by_500s_keeps_values_and_bounds_calls(world: 
     world.sim.calls.clear()
     world.sim.fail_lists = True
     state = await poller.poll_once()
-    assert not state.up
-    assert state.reason == "http"
-    assert "injected failure" in state.error.message
+    # The API answered (the login worked): a failing bucket is a target down, not the source.
+    assert state.up
+    (target,) = state.snapshot.targets
+    assert (target.target, target.up, target.reason) == ("bucket/homelab", False, "http")
+    assert "injected failure" in target.message
     assert world.sim.calls["list_file_names"] == 3, "one call plus two retries, no more"
     assert len(sleeps) == 2 and all(s <= 30 for s in sleeps)
-    assert state.snapshot is good.snapshot
-    assert samples(exposition(list(source.render(state.snapshot)))) == before
+    assert state.snapshot.buckets == good.snapshot.buckets, "last-known values kept"
+    after = samples(exposition(list(source.render(state.snapshot))))
+    target_up = ("backup_target_up", lbl(source="b2", kind="b2", target="bucket/homelab"))
+    assert (before.pop(target_up), after.pop(target_up)) == (1.0, 0.0)
+    err = lbl(source="b2", kind="b2", target="bucket/homelab", reason="http")
+    assert after.pop(("backup_target_error_info", err)) == 1.0
+    assert after == before
     # Recovery lists again and picks up the new object.
     world.sim.fail_lists = False
     state = await poller.poll_once()
@@ -426,7 +433,9 @@ async def test_listing_interrupted_by_500s_keeps_values_and_bounds_calls(world: 
 
 async def test_hung_listing_times_out_keeps_values_and_bounds_calls(world: World) -> None:
     clock = FakeClock(NOW)
-    text = config_yaml(world, extra="retries: 2\n    timeout: 300ms\n    interval: 1h")
+    text = config_yaml(
+        world, extra="retries: 2\n    timeout: 4s\n    target_timeout: 1s\n    interval: 1h"
+    )
     source = make_source(world, text)
     poller = Poller(source, clock=clock)
     good = await poller.poll_once()
@@ -436,8 +445,11 @@ async def test_hung_listing_times_out_keeps_values_and_bounds_calls(world: World
     world.sim.calls.clear()
     world.sim.hang = threading.Event()
     state = await poller.poll_once()
-    assert (state.up, state.reason) == (False, "timeout")
-    assert state.snapshot is good.snapshot
+    # The bucket's own target_timeout ends its listing; the source stays up.
+    assert state.up
+    (target,) = state.snapshot.targets
+    assert (target.up, target.reason) == (False, "timeout")
+    assert state.snapshot.buckets == good.snapshot.buckets
     assert world.sim.hung.is_set()
     assert world.sim.calls["list_file_names"] == 1, "a hung call is not retried"
     # Release the hung call. The abandoned listing stops at its next entry instead of
@@ -446,6 +458,7 @@ async def test_hung_listing_times_out_keeps_values_and_bounds_calls(world: World
     hang.set()
     state = await poller.poll_once()
     assert state.up
+    assert state.snapshot.targets[0].up
     assert world.sim.calls["list_file_names"] == 1 + full_listing
 
 

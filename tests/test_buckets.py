@@ -400,9 +400,12 @@ async def test_a_failed_listing_keeps_the_restore_state_and_reports_the_bucket()
     clock.advance(6 * 3600)
     src.list_error = OSError("boom")
     state = await poller.poll_once()
-    assert (state.up, state.reason) == (False, "http")
-    assert "bucket 'b'" in state.error.message
-    assert state.snapshot is first.snapshot
+    # The bucket is the target that failed; its source answers and stays up.
+    assert state.up
+    (target,) = state.snapshot.targets
+    assert (target.target, target.up, target.reason) == ("bucket/b", False, "http")
+    assert "boom" in target.message
+    assert state.snapshot.buckets == first.snapshot.buckets, "last listing and restore kept"
     src.list_error = None
     clock.advance(3600)  # the failed bucket is still due: listed at the next wake-up
     state = await poller.poll_once()

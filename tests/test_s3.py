@@ -161,6 +161,7 @@ class FaultProxy:
         self.upstream = upstream
         self.counts: Counter[str] = Counter()
         self.fail_lists = False
+        self.fail_buckets: set[str] = set()  # 500 on the listings of these buckets only
         self.hang: threading.Event | None = None
         self.hung = threading.Event()
         proxy = self
@@ -181,7 +182,8 @@ class FaultProxy:
                     proxy.hang.wait(30)
                     self.close_connection = True
                     return  # the client gave up long ago
-                if kind == "list" and proxy.fail_lists:
+                bucket = self.path.split("?", 1)[0].strip("/").split("/", 1)[0]
+                if kind == "list" and (proxy.fail_lists or bucket in proxy.fail_buckets):
                     msg = (
                         b"<Error><Code>InternalError</Code>"
                         b"<Message>injected failure</Message></Error>"
@@ -408,13 +410,17 @@ async def test_listing_interrupted_by_500s(offsite: Seeded, proxy: FaultProxy) -
     proxy.counts.clear()
     proxy.fail_lists = True
     state = await poller.poll_once()
-    assert (state.up, state.reason) == (False, "http")
-    assert "InternalError" in state.error.message
+    # The endpoint answers: a failing bucket is a target down, its last listing kept.
+    assert state.up
+    (target,) = state.snapshot.targets
+    assert (target.target, target.up, target.reason) == ("bucket/offsite", False, "http")
+    assert "InternalError" in target.message
     assert proxy.counts["list"] == 3, "one attempt plus two retries"
     assert poller.requests["list"] >= 3
-    assert state.snapshot is good.snapshot
+    assert state.snapshot.buckets == good.snapshot.buckets
     proxy.fail_lists = False
-    assert (await poller.poll_once()).up
+    state = await poller.poll_once()
+    assert state.up and state.snapshot.targets[0].up
 
 
 async def test_listing_hang_times_out_with_bounded_attempts(
@@ -430,22 +436,22 @@ async def test_listing_hang_times_out_with_bounded_attempts(
     clock.advance(6 * 3600)
     proxy.hang = threading.Event()
     state = await poller.poll_once()
-    assert (state.up, state.reason) == (False, "timeout")
-    assert state.snapshot is good.snapshot
+    assert state.up
+    assert (state.snapshot.targets[0].up, state.snapshot.targets[0].reason) == (False, "timeout")
+    assert state.snapshot.buckets == good.snapshot.buckets
     assert proxy.hung.is_set()
     hang, proxy.hang = proxy.hang, None
     hang.set()
     assert (await poller.poll_once()).up
     # What an abandoned hung listing costs: run a fetch on a worker of our own, keep the
     # backend hung, and wait for the worker to finish: botocore stops after
-    # retries + 1 attempts (each ends at read_timeout = the source timeout).
+    # retries + 1 attempts (each ends at read_timeout = the bucket's target_timeout).
     proxy.counts.clear()
     proxy.hang = threading.Event()
     executor = ThreadPoolExecutor(max_workers=1)
     ctx = FetchContext(clock=clock, executor=executor)
-    with pytest.raises(TimeoutError):
-        async with asyncio.timeout(3.0):
-            await make_source(text).fetch(ctx)
+    snapshot = await make_source(text).fetch(ctx)
+    assert (snapshot.targets[0].up, snapshot.targets[0].reason) == (False, "timeout")
     await asyncio.to_thread(executor.shutdown, wait=True)
     assert proxy.counts["list"] == 2, "retries: 1 means two attempts, no more"
 

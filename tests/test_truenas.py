@@ -538,11 +538,15 @@ async def test_malformed_results_are_parse_errors(
     fake: FakeTrueNAS, scenario: TrueNASScenario, clock: FakeClock
 ) -> None:
     poller = Poller(make_source(fake), clock=clock)
+    # A malformed dataset listing is its target's failure (dataset/<pool>), not the source's.
     scenario.results["pool.dataset.query"] = {"not": "a list"}
     state = await poller.poll_once()
-    assert state.reason == "parse" and "pool.dataset.query" in state.error.message  # type: ignore[union-attr]
+    assert state.up
+    assert {t.reason for t in state.snapshot.targets} == {"parse"}
+    assert all("pool.dataset.query" in t.message for t in state.snapshot.targets)
     scenario.results["pool.dataset.query"] = [{"name": "storage", "used": {"parsed": "lots"}}]
-    assert (await poller.poll_once()).reason == "parse"
+    state = await poller.poll_once()
+    assert {t.reason for t in state.snapshot.targets} == {"parse"}
     del scenario.results["pool.dataset.query"]
     scenario.results["cloudsync.query"] = [{"id": 1, "schedule": "daily"}]
     assert (await poller.poll_once()).reason == "parse"

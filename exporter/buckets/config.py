@@ -25,6 +25,7 @@ from exporter.core.fields import (
     ConfigPath,
     ConfigSection,
     Duration,
+    DurationOrZero,
     Loc,
     NonNegative,
     Size,
@@ -34,6 +35,7 @@ from exporter.core.fields import (
     raise_problems,
     section_problems,
 )
+from exporter.sources.targets import effective_target_timeout, target_timeout_problems
 
 DEFAULT_BUCKET_INTERVAL = 6 * 3600.0
 DEFAULT_RESTORE_INTERVAL = 7 * 86400.0
@@ -185,6 +187,18 @@ class BucketSourceConfig(SourceConfig):
 
     buckets: Annotated[tuple[BucketConfig, ...], BeforeValidator(_buckets), _AsNamedMap()]
     retries: Retries = 2
+    #: Each bucket's listing (and restore check) within the poll; 0: half of ``timeout``.
+    target_timeout: DurationOrZero = 0.0
+
+    @property
+    def bucket_timeout(self) -> float:
+        """The time one bucket may take within a poll."""
+        return effective_target_timeout(self.timeout, self.target_timeout)
+
+    def problems(self, context: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+        """Run the common checks; a bucket's own timeout ends before the poll's."""
+        yield from super().problems(context)
+        yield from target_timeout_problems(self.timeout, self.target_timeout)
 
     @classmethod
     def bucket_price(cls, raw: Mapping[str, Any]) -> Any:

@@ -18,6 +18,11 @@ Cost and memory:
 * The restore check picks its sample while the listing streams (reservoir sampling, one
   object kept), so it costs no extra list calls, only one download.
 
+Each bucket is a target (``bucket/<name>``, :mod:`exporter.sources.targets`): its listing and
+restore check run under the source's ``target_timeout``; a bucket that fails keeps its last
+listing, is ``backup_target_up 0`` with a reason and is tried again at the next poll, while the
+others are listed as usual. The poll itself fails only when the API as a whole is unreachable.
+
 Restore check rules (``restore_check: {interval: 7d, max_bytes: 16MiB, canary: key}``):
 
 * It runs together with a listing of the bucket once ``interval`` has passed since the last
@@ -73,6 +78,13 @@ from exporter.buckets.render import render_buckets
 from exporter.buckets.restore import verify
 from exporter.schedule.jobs import Evidence
 from exporter.sources.base import FetchContext, FetchError, Source
+from exporter.sources.targets import (
+    API_DOWN_REASONS,
+    TargetStatus,
+    bucket_target,
+    render_targets,
+    within,
+)
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +182,14 @@ class BucketSource(Source[C, BucketsSnapshot]):
             raise err from exc
 
     async def fetch(self, ctx: FetchContext) -> BucketsSnapshot:
-        """List every bucket that is due, run due restore checks, snapshot all buckets."""
-        call = BlockingCall(ctx, asyncio.get_running_loop())
+        """List every bucket that is due, run due restore checks, snapshot all buckets.
+
+        Each bucket is a target (``bucket/<name>``) with its own ``target_timeout``: one that
+        fails keeps its last listing and is reported by ``backup_target_up 0``. The poll fails
+        only when the API as a whole is unreachable: the login fails, or every bucket due
+        failed for a reason that is about the endpoint (connection, tls, auth).
+        """
+        loop = asyncio.get_running_loop()
         started = ctx.clock.time()
         stored = buckets(ctx.memory)
         for name in set(stored) - {b.name for b in self.config.buckets}:
@@ -182,21 +200,28 @@ class BucketSource(Source[C, BucketsSnapshot]):
                 memory[bucket.name] = mem
         due = [b for b in self.config.buckets if self._listing_due(b, started, memory)]
         if due:
-            await self._blocking(ctx, call, self.prepare)
-        failures: list[tuple[str, FetchError]] = []
+            await self._blocking(ctx, BlockingCall(ctx, loop), self.prepare)
+        failures: dict[str, FetchError] = {}
         for bucket in due:
+            # A fresh call per bucket: abandoning one listing cancels only that one.
+            call = BlockingCall(ctx, loop)
+            work = self._refresh(ctx, call, bucket, started, memory.get(bucket.name))
             try:
-                new = await self._refresh(ctx, call, bucket, started, memory.get(bucket.name))
+                new = await within(ctx, work, self.config.bucket_timeout, f"bucket {bucket.name!r}")
             except FetchError as exc:
-                failures.append((bucket.name, exc))
+                call.cancelled.set()
+                failures[bucket.name] = exc
             else:
                 memory[bucket.name] = new
                 stored[bucket.name] = encode(new)
-        if failures:
-            reason = failures[0][1].reason
-            message = "; ".join(f"bucket {name!r}: {exc.message}" for name, exc in failures)
-            raise FetchError(reason, message)
-        return self.snapshot(memory)
+        reasons = {err.reason for err in failures.values()}
+        if failures and len(failures) == len(due) and reasons <= API_DOWN_REASONS:
+            first = next(iter(failures.values()))
+            message = "; ".join(f"bucket {n!r}: {e.message}" for n, e in failures.items())
+            raise FetchError(first.reason, message)
+        for name, err in failures.items():
+            log.debug("source=%s bucket %r: %s", self.name, name, err)
+        return self.snapshot(memory, failures)
 
     def _listing_due(
         self, bucket: BucketConfig, now: float, memory: Mapping[str, BucketMemory]
@@ -296,7 +321,11 @@ class BucketSource(Source[C, BucketsSnapshot]):
             )
         return result
 
-    def snapshot(self, memory: Mapping[str, BucketMemory]) -> BucketsSnapshot:
+    def snapshot(
+        self,
+        memory: Mapping[str, BucketMemory],
+        failures: Mapping[str, FetchError] | None = None,
+    ) -> BucketsSnapshot:
         """Freeze the per-bucket memory into a snapshot (config order)."""
         states = []
         for bucket in self.config.buckets:
@@ -312,13 +341,21 @@ class BucketSource(Source[C, BucketsSnapshot]):
                     restore_last_success=mem.restore_last_success,
                 )
             )
-        return BucketsSnapshot(buckets=tuple(states))
+        failed = failures or {}
+        targets = tuple(
+            TargetStatus.failed(bucket_target(b.name), failed[b.name])
+            if b.name in failed
+            else TargetStatus(bucket_target(b.name), up=True)
+            for b in self.config.buckets
+        )
+        return BucketsSnapshot(buckets=tuple(states), targets=targets)
 
     # -- rendering and evidence
 
     def render(self, snapshot: BucketsSnapshot) -> Iterator[Metric]:
         """Render bucket aggregates, cost estimates and restore checks."""
-        return render_buckets(self.name, snapshot)
+        yield from render_buckets(self.name, snapshot)
+        yield from render_targets(self.name, self.kind, snapshot.targets)
 
     def evidence(self, snapshot: BucketsSnapshot, selector: Mapping[str, str]) -> Evidence | None:
         """``{bucket, prefix}`` → the newest object under the prefix (no start is recorded)."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from exporter.sources.targets import TargetStatus
+
 FailReason = Literal["hash_mismatch", "missing", "too_large", "download_error", "no_candidate"]
 Verified = Literal["sha1", "md5", "multipart_etag", "size", "none"]
 
@@ -82,9 +84,14 @@ class BucketState:
 
 @dataclass(frozen=True)
 class BucketsSnapshot:
-    """A frozen view of every configured bucket that has been listed at least once."""
+    """A frozen view of every configured bucket that has been listed at least once.
+
+    ``targets``: the outcome of each configured bucket's last listing (``bucket/<name>``); a
+    bucket that is down keeps its last listing in ``buckets``.
+    """
 
     buckets: tuple[BucketState, ...]
+    targets: tuple[TargetStatus, ...] = ()
 
     def bucket(self, name: str) -> BucketState | None:
         """Find a bucket by name."""

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from exporter.schedule.jobs import Evidence, JobSpec
 
 # ``starting``: not polled since the exporter started (its last-known values are served);
-# ``offline``: a failed poll inside the source's declared offline window.
+# ``offline``: a failed poll inside the source's declared offline window; ``inactive``: a
+# backup storage no node has active (a per-target reason).
 Reason = Literal[
     "timeout",
     "auth",
@@ -38,6 +39,7 @@ Reason = Literal[
     "config",
     "starting",
     "offline",
+    "inactive",
 ]
 REASONS: tuple[Reason, ...] = get_args(Reason)
 

@@ -157,6 +157,12 @@ async def _content(request: web.Request) -> web.Response:
         raise web.HTTPInternalServerError(reason=f"storage '{storage_id}' does not exist") from None
     if not storage.active:
         raise web.HTTPInternalServerError(reason=f"storage '{storage_id}' is not online")
+    if storage.content_delay:
+        await asyncio.sleep(storage.content_delay)
+    if storage.content_fail_status is not None:
+        return web.json_response(
+            {"data": None}, status=storage.content_fail_status, reason="fake storage failure"
+        )
     content = request.query.get("content")
     if content not in (None, "backup") or "backup" not in storage.content.split(","):
         return listing(request, [])

@@ -45,6 +45,12 @@ class FakeStorage:
     enabled: bool = True
     prune_backups: str | None = None  # property string as in storage.cfg: "keep-last=3,..."
     other_used: int = 0  # bytes used by things that are not vzdump archives
+    # A slow or failing backend behind this one storage (a PBS datastore that hangs):
+    # its content listing waits ``content_delay`` seconds, or answers ``content_fail_status``
+    # (PVE's PBSPlugin list_volumes dies "error listing snapshots": HTTP 500 for that storage;
+    # pve-storage src/PVE/Storage/PBSPlugin.pm, commit 210b070d).
+    content_delay: float = 0.0
+    content_fail_status: int | None = None
 
 
 @dataclass

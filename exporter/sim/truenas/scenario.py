@@ -129,6 +129,8 @@ class TrueNASScenario:
     results: dict[str, Any] = field(default_factory=dict)  # method -> raw result override
     missing_methods: set[str] = field(default_factory=set)  # answered -32601
     denied_methods: set[str] = field(default_factory=set)  # answered EACCES (no role)
+    # method -> seconds before its answer (a zfs.snapshot.query over many snapshots is slow)
+    slow_methods: dict[str, float] = field(default_factory=dict)
     dropping: bool = False  # close the connection instead of answering
     simulated_until: float | None = None
     _job_id: int = 1000

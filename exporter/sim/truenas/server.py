@@ -50,6 +50,9 @@ async def _answer(
     ws: web.WebSocketResponse, scenario: TrueNASScenario, session: Session, frame: dict[str, Any]
 ) -> None:
     await scenario._hang.wait()
+    delay = scenario.slow_methods.get(str(frame.get("method")))
+    if delay:
+        await asyncio.sleep(delay)
     if scenario.dropping:
         await ws.close(code=1011, message=b"dropped")
         return
@@ -115,6 +118,9 @@ async def _rest(request: web.Request) -> web.StreamResponse:
     method = next((m for m in names if rest_resource(m) == resource), None)
     scenario.frames.append({"method": method, "path": request.path, "query": dict(request.query)})
     await scenario._hang.wait()
+    delay = scenario.slow_methods.get(str(method))
+    if delay:
+        await asyncio.sleep(delay)
     if scenario.dropping:
         if request.transport is not None:
             request.transport.close()

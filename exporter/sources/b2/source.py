@@ -123,7 +123,7 @@ def production_api(timeout: float) -> B2Api:
     """Build a ``B2Api`` for the real service.
 
     Auth stays in memory (nothing written to disk), each call makes one HTTP attempt, and
-    request timeouts are bounded by the source ``timeout``.
+    request timeouts are bounded by ``timeout`` (a bucket's ``target_timeout``).
     """
     api = _Api(InMemoryAccountInfo())
     http = api.session.raw_api.b2_http
@@ -231,7 +231,7 @@ class B2Source(BucketSource[B2Config]):
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         super().__init__(config, rng=rng)
-        self._api_factory = api_factory or (lambda: production_api(config.timeout))
+        self._api_factory = api_factory or (lambda: production_api(config.bucket_timeout))
         self._sleep = sleep
         self._api: B2Api | None = None
         self._guard: _RawApiGuard | None = None

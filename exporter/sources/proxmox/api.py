@@ -62,7 +62,8 @@ class ProxmoxApi:
                 token_name=token_name,
                 token_value=cfg.token_secret.reveal(),
                 verify_ssl=cfg.verify,
-                timeout=cfg.timeout,
+                # One request ends within a storage's own time (target_timeout).
+                timeout=cfg.storage_timeout,
             )
         return self._api
 
@@ -83,7 +84,7 @@ class ProxmoxApi:
             ) from None
         except requests.exceptions.Timeout:
             raise FetchError(
-                "timeout", f"{where}: no answer within {self.config.timeout:g}s"
+                "timeout", f"{where}: no answer within {self.config.storage_timeout:g}s"
             ) from None
         except requests.exceptions.ConnectionError:
             raise FetchError(

@@ -24,11 +24,13 @@ from exporter.core.fields import (
     Bool,
     ConfigPath,
     Duration,
+    DurationOrZero,
     InheritedZone,
     Text,
     at_least,
     problem,
 )
+from exporter.sources.targets import effective_target_timeout, target_timeout_problems
 
 DEFAULT_GRACE = 6 * 3600.0
 DEFAULT_START_GRACE = 3600.0
@@ -83,9 +85,16 @@ class ProxmoxConfig(SourceConfig):
     tasks_limit: Annotated[int, at_least(1)] = DEFAULT_TASKS_LIMIT
     job_grace: Duration = DEFAULT_GRACE
     job_start_grace: Duration = DEFAULT_START_GRACE
+    #: Each backup storage's content listing (and each request) within the poll; 0: timeout/2.
+    target_timeout: DurationOrZero = 0.0
     host: SkipJsonSchema[str] = ""
     port: SkipJsonSchema[int] = 8006
     verify: SkipJsonSchema[bool | str] = True  # True, False or the path of a CA bundle
+
+    @property
+    def storage_timeout(self) -> float:
+        """The time one storage's listing (and one request) may take within a poll."""
+        return effective_target_timeout(self.timeout, self.target_timeout)
 
     @property
     def zone(self) -> str:
@@ -115,6 +124,7 @@ class ProxmoxConfig(SourceConfig):
         yield from tls_problems(self.verify_tls, self.ca_file)
         if self.job_start_grace > self.job_grace:
             yield "job_start_grace", "must not be longer than job_grace"
+        yield from target_timeout_problems(self.timeout, self.target_timeout)
 
     def complete(self, raw: Mapping[str, Any], context: Mapping[str, Any]) -> None:
         """Derive ``host``/``port`` from ``url`` and ``verify`` from the TLS keys."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from exporter.sources.targets import TargetStatus
+
 
 @dataclass(frozen=True)
 class Guest:
@@ -146,6 +148,9 @@ class ProxmoxSnapshot:
     not_backed_up: frozenset[int]
     tasks: tuple[VzdumpTask, ...]
     tasks_read_nodes: tuple[str, ...] = field(default=())
+    # The last content listing of each backup storage (``storage/<id>``); a storage that is
+    # down keeps its last-known archives in ``archives``.
+    targets: tuple[TargetStatus, ...] = field(default=())
     hidden: tuple[HiddenBackups, ...] = field(default=())  # per-storage permission findings
 
 

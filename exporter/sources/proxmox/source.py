@@ -16,6 +16,7 @@ Sample exposition (see :mod:`exporter.sources.proxmox.render` for every family):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -63,6 +64,7 @@ from exporter.sources.proxmox.tasks import (
     parse_task_log,
     parse_tasks,
 )
+from exporter.sources.targets import TargetStatus, render_targets, storage_target, within
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,36 @@ LOG_READS_PER_POLL = 8
 LOG_PAGE = 1000
 LOG_MAX_LINES = 20_000
 MEMORY_KEY = "task_logs"
+
+# ctx.memory: each storage's last listed archives, so a storage that is down after a restart
+# still shows its last-known archives ({sid: [Archive as a dict, ...]}).
+_MEMORY_KEY = "storage_archives"
+
+
+def _recall_archives(raw: Any) -> dict[str, list[Archive]]:
+    """Decode the remembered archives; whatever does not decode is forgotten."""
+    out: dict[str, list[Archive]] = {}
+    if not isinstance(raw, dict):
+        return out
+    for sid, rows in raw.items():
+        if not isinstance(sid, str) or not isinstance(rows, list):
+            continue
+        archives = [a for row in rows if (a := _archive(sid, row)) is not None]
+        if len(archives) == len(rows):
+            out[sid] = archives
+    return out
+
+
+def _archive(sid: str, row: Any) -> Archive | None:
+    if not isinstance(row, dict) or row.get("storage") != sid:
+        return None
+    vmid, ctime, size = row.get("vmid"), row.get("ctime"), row.get("size")
+    protected, verified = row.get("protected", False), row.get("verified")
+    if not (isinstance(vmid, int) and isinstance(size, int) and isinstance(protected, bool)):
+        return None
+    if not isinstance(ctime, (int, float)) or not isinstance(verified, (bool, type(None))):
+        return None
+    return Archive(sid, vmid, float(ctime), size, protected=protected, verified=verified)
 
 
 @dataclass
@@ -126,13 +158,22 @@ class ProxmoxSource(Source[ProxmoxConfig, ProxmoxSnapshot]):
             tasks.extend(parse_tasks(data, node))
         storages: list[BackupStorage] = []
         archives: list[Archive] = []
+        targets: list[TargetStatus] = []
+        last = _recall_archives(ctx.memory.get(_MEMORY_KEY))
+        keep: dict[str, list[Archive]] = {}
         for sid, entry in sorted(seen.items()):
             active_nodes = [n for n, active, _, _ in entry.per_node if active]
             # A shared storage is the same files from every node: list it once.
             list_from = active_nodes[:1] if entry.shared else active_nodes
-            for node in list_from:
-                data = await api.backup_content(ctx, node, sid)
-                archives.extend(parse_content(data, node, sid, tz))
+            listed = bool(list_from)
+            if list_from:
+                found, status = await self._list_storage(ctx, sid, list_from, last.get(sid))
+                targets.append(status)
+                if found is None:
+                    listed = False  # down and never listed: unknown, not "no archives"
+                else:
+                    archives.extend(found)
+                    keep[sid] = found
             if entry.shared:
                 first = next((p for p in entry.per_node if p[1]), entry.per_node[0])
                 total, used = first[2], first[3]
@@ -148,7 +189,7 @@ class ProxmoxSource(Source[ProxmoxConfig, ProxmoxSnapshot]):
                     total=total,
                     used=used,
                     nodes=tuple(p[0] for p in entry.per_node),
-                    listed=bool(list_from),
+                    listed=listed,
                     retention=storage_config.get(sid),
                 )
             )
@@ -164,10 +205,14 @@ class ProxmoxSource(Source[ProxmoxConfig, ProxmoxSnapshot]):
             not_backed_up=not_backed_up,
             tasks=tuple(sorted(tasks, key=lambda t: (t.node, t.starttime))),
             tasks_read_nodes=tuple(online),
+            targets=tuple(targets),
         )
         check_backup_visibility(snapshot)
         hidden = find_hidden_backups(snapshot, charges(snapshot, self._schedules(snapshot)))
         self._log_hidden(hidden)
+        ctx.memory[_MEMORY_KEY] = {
+            sid: [dataclasses.asdict(a) for a in found] for sid, found in keep.items()
+        }
         return replace(snapshot, hidden=hidden)
 
     async def _read_task_logs(self, ctx: FetchContext, tasks: list[VzdumpTask]) -> list[VzdumpTask]:
@@ -227,6 +272,41 @@ class ProxmoxSource(Source[ProxmoxConfig, ProxmoxSnapshot]):
             return None
         return parse_task_log(lines, running=task.status == "running", complete=complete)
 
+    async def _list_storage(
+        self, ctx: FetchContext, sid: str, nodes: list[str], last: list[Archive] | None
+    ) -> tuple[list[Archive] | None, TargetStatus]:
+        """List one storage's backups under its own ``target_timeout``.
+
+        A storage that fails (a PBS datastore that hangs, a NFS mount that errors) is the
+        target ``storage/<id>`` down: it keeps its last-known archives (``None`` when it was
+        never listed) and the rest of the poll goes on.
+
+        Why a storage needs its own timeout: for a PBS storage PVE answers the content listing
+        by asking the backup server itself, with a 120 s HTTP timeout, and a failure there is
+        ``die "error listing snapshots - ..."`` (an HTTP 500 for this one storage) — pve-storage
+        ``src/PVE/Storage/PBSPlugin.pm``, ``list_volumes`` (``pbs_api_connect(..., 120)``),
+        commit 210b070d. One slow PBS would otherwise hold the poll for up to two minutes.
+        """
+        target = storage_target(sid)
+        try:
+            found = await within(
+                ctx,
+                self._read_storage(ctx, sid, nodes),
+                self.config.storage_timeout,
+                f"storage {sid!r}",
+            )
+        except FetchError as exc:
+            log.debug("source=%s storage %s: %s", self.name, sid, exc)
+            return last, TargetStatus.failed(target, exc)
+        return found, TargetStatus(target, up=True)
+
+    async def _read_storage(self, ctx: FetchContext, sid: str, nodes: list[str]) -> list[Archive]:
+        found: list[Archive] = []
+        for node in nodes:
+            data = await self._api.backup_content(ctx, node, sid)
+            found.extend(parse_content(data, node, sid, self.config.zone))
+        return found
+
     def _log_hidden(self, hidden: tuple[HiddenBackups, ...]) -> None:
         now = {h.storage: h.message for h in hidden}
         for sid, message in now.items():
@@ -253,7 +333,7 @@ class ProxmoxSource(Source[ProxmoxConfig, ProxmoxSnapshot]):
     def render(self, snapshot: ProxmoxSnapshot) -> Iterator[Metric]:
         """Build the ``backup_pve_*`` families (one series per guest, storage, job or node)."""
         yield from render_snapshot(self.name, snapshot, grace=self.config.job_grace)
-        yield from render_targets(self.name, snapshot)
+        yield from render_targets(self.name, self.kind, storage_targets(snapshot))
         yield from render_warnings(
             self.name, snapshot, job_tasks(snapshot, self._schedules(snapshot))
         )
@@ -307,46 +387,37 @@ class ProxmoxSource(Source[ProxmoxConfig, ProxmoxSnapshot]):
         self._api.close()
 
 
-def render_targets(source: str, snapshot: ProxmoxSnapshot) -> Iterator[Metric]:
-    """Render ``backup_target_up`` for each backup storage a job writes to.
+def storage_targets(snapshot: ProxmoxSnapshot) -> list[TargetStatus]:
+    """Return the status of each backup storage: listed, or a job writes to it.
 
-    ``target`` is ``storage/<id>``. 0 when its listing hides backups vzdump tasks wrote there
-    (reason ``permission``, :func:`~exporter.sources.proxmox.api.find_hidden_backups`) or
-    when it could not be listed (no node has it active: reason ``inactive``)::
-
-        # HELP backup_target_up Whether the backup target could be read completely (...).
-        # TYPE backup_target_up gauge
-        backup_target_up{source="pve1",target="storage/nas"} 1.0
-        backup_target_up{source="pve1",target="storage/pbs"} 0.0
-        # HELP backup_target_error_info Why the backup target is down (...).
-        # TYPE backup_target_error_info gauge
-        backup_target_error_info{reason="permission",source="pve1",target="storage/pbs"} 1.0
+    ``storage/<id>`` is down when its own listing failed (timeout, HTTP error: the poll went on,
+    see :meth:`ProxmoxSource._list_storage`), when its listing hides backups vzdump tasks wrote
+    there (reason ``permission``, :func:`~exporter.sources.proxmox.api.find_hidden_backups`), or
+    when a job writes to it and no node has it active (reason ``inactive``).
     """
-    up = GaugeMetricFamily(
-        "backup_target_up",
-        "Whether the backup target could be read completely (cached from the last poll).",
-        labels=["source", "target"],
-    )
-    error = GaugeMetricFamily(
-        "backup_target_error_info",
-        "Why the backup target is down, 1 while it is (cached from the last poll).",
-        labels=["source", "target", "reason"],
-    )
-    hidden = {h.storage for h in snapshot.hidden}
+    listed = {t.target: t for t in snapshot.targets}
+    hidden = {h.storage: h for h in snapshot.hidden}
     storages = {s.storage: s for s in snapshot.storages}
-    for sid in sorted({j.storage for j in snapshot.jobs if j.storage}):
-        storage = storages.get(sid)
-        target = f"storage/{sid}"
-        reason = ""
-        if sid in hidden:
-            reason = "permission"
-        elif storage is None or not storage.listed:
-            reason = "inactive"
-        up.add_metric([source, target], 0.0 if reason else 1.0)
-        if reason:
-            error.add_metric([source, target, reason], 1.0)
-    yield up
-    yield error
+    wanted = {j.storage for j in snapshot.jobs if j.storage} | {
+        t.target.removeprefix("storage/") for t in snapshot.targets
+    }
+    out: list[TargetStatus] = []
+    for sid in sorted(wanted):
+        target = storage_target(sid)
+        status = listed.get(target)
+        if status is not None and not status.up:
+            out.append(status)
+        elif sid in hidden:
+            out.append(
+                TargetStatus(target, up=False, reason="permission", message=hidden[sid].message)
+            )
+        elif status is None and (sid not in storages or not storages[sid].listed):
+            out.append(
+                TargetStatus(target, up=False, reason="inactive", message="not active on any node")
+            )
+        else:
+            out.append(TargetStatus(target, up=True))
+    return out
 
 
 def render_warnings(

@@ -1,8 +1,8 @@
 """S3-compatible buckets (``kind: s3``): Storj's gateway, B2's S3 endpoint, MinIO, AWS.
 
 boto3 runs in the source's worker thread (request signing stays in botocore), with
-path-style addressing always, ``connect_timeout``/``read_timeout`` bounded by the source
-``timeout`` (10 s / 60 s at most) and botocore's ``standard`` retry mode capped at
+path-style addressing always, ``connect_timeout``/``read_timeout`` bounded by the bucket's
+``target_timeout`` (10 s / 60 s at most) and botocore's ``standard`` retry mode capped at
 ``retries + 1`` attempts per call (``total_max_attempts``).
 
 Listing is ``ListObjectsV2`` paginated by hand (``MaxKeys=1000`` and ``ContinuationToken``)
@@ -301,8 +301,9 @@ def make_client(config: S3Config) -> Any:
         aws_secret_access_key=config.secret_access_key.reveal(),
         verify=str(config.ca_file) if config.ca_file is not None else True,
         config=BotoConfig(
-            connect_timeout=min(config.timeout, 10.0),
-            read_timeout=min(config.timeout, 60.0),
+            # One request ends within a bucket's own time (target_timeout).
+            connect_timeout=min(config.bucket_timeout, 10.0),
+            read_timeout=min(config.bucket_timeout, 60.0),
             # total_max_attempts counts the first attempt; botocore's max_attempts would
             # count retries only (max_attempts=N makes N+1 attempts).
             retries={"total_max_attempts": config.retries + 1, "mode": "standard"},

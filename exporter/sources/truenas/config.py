@@ -18,10 +18,12 @@ from exporter.core.fields import (
     Bool,
     ConfigPath,
     Duration,
+    DurationOrZero,
     OptionalZone,
     Text,
     problem,
 )
+from exporter.sources.targets import effective_target_timeout, target_timeout_problems
 from exporter.storage.config import DatasetsConfig
 
 # The same text as exporter.sources.truenas.client.PLAIN_WS_REFUSAL (not imported: aiohttp).
@@ -57,6 +59,8 @@ class TrueNASConfig(SourceConfig):
     kind: Literal["truenas"] = "truenas"
     interval: Duration = 600.0
     timeout: Duration = 60.0
+    #: The dataset listing (datasets and snapshots) within the poll; 0: half of ``timeout``.
+    target_timeout: DurationOrZero = 0.0
     url: Text
     username: Text = ""
     api_key: Secret = Secret("")
@@ -83,6 +87,12 @@ class TrueNASConfig(SourceConfig):
         """Run the common checks and check ``ca_file``."""
         yield from super().problems(context)
         yield from tls_problems(self.verify_tls, self.ca_file)
+        yield from target_timeout_problems(self.timeout, self.target_timeout)
+
+    @property
+    def dataset_timeout(self) -> float:
+        """The time the dataset and snapshot listing may take within a poll."""
+        return effective_target_timeout(self.timeout, self.target_timeout)
 
     def complete(self, raw: Mapping[str, Any], context: Mapping[str, Any]) -> None:
         """Copy the patterns of ``datasets:``; freeze the graces."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from exporter.schedule.jobs import Evidence
+from exporter.sources.targets import TargetStatus
 from exporter.storage.models import DatasetInfo, PoolInfo, SmartDevice
 
 _FINISHED_JOB_STATES = frozenset({"SUCCESS", "FAILED", "ABORTED"})
@@ -108,3 +109,5 @@ class TrueNASSnapshot:
     smart: tuple[SmartDevice, ...] | None = None  # None: this release has no SMART API
     cloudsync: tuple[CloudSyncTask, ...] = ()
     scrub_tasks: tuple[ScrubTask, ...] = ()
+    # The dataset listing as dataset/<pool>; a listing that is down keeps its last datasets.
+    targets: tuple[TargetStatus, ...] = ()

@@ -60,6 +60,13 @@ from exporter.schedule.expressions import Schedule, ScheduleError, parse_schedul
 from exporter.schedule.jobs import Evidence, JobSpec
 from exporter.schedule.threshold import ThresholdSchedule
 from exporter.sources.base import FetchContext, FetchError, Source
+from exporter.sources.targets import (
+    API_DOWN_REASONS,
+    TargetStatus,
+    dataset_target,
+    render_targets,
+    within,
+)
 from exporter.sources.truenas import KIND
 from exporter.sources.truenas.client import (
     PLAIN_WS_REFUSAL,
@@ -84,7 +91,7 @@ from exporter.sources.truenas.parse import (
 )
 from exporter.sources.truenas.render import render_snapshot
 from exporter.storage.evidence import storage_evidence
-from exporter.storage.models import DatasetFilter, SmartDevice
+from exporter.storage.models import DatasetFilter, DatasetInfo, SmartDevice
 from exporter.storage.selftest_pins import SelfTestPins
 
 log = logging.getLogger(__name__)
@@ -148,6 +155,8 @@ class TrueNASSource(Source[TrueNASConfig, TrueNASSnapshot]):
     def __init__(self, config: TrueNASConfig) -> None:
         super().__init__(config)
         self.filter = DatasetFilter(config.include, config.exclude)
+        # The last dataset listing (and pool creation times), kept while the listing fails.
+        self._last_datasets: tuple[list[DatasetInfo], dict[str, float]] = ([], {})
         self._ssl = ClientSSL(TLSConfig(verify=config.verify_tls, ca_file=config.ca_file))
 
     async def fetch(self, ctx: FetchContext) -> TrueNASSnapshot:
@@ -172,38 +181,32 @@ class TrueNASSource(Source[TrueNASConfig, TrueNASSnapshot]):
             with parsing("pool.query"):
                 pools, scrubs = parse_pools(raw, remembered_scrubs(ctx.memory))
 
-            raw = await client.call(
-                "pool.dataset.query",
-                [],
-                {
-                    "extra": {
-                        "flat": True,
-                        "retrieve_children": False,
-                        "properties": _DATASET_PROPERTIES,
-                        "retrieve_user_props": False,
-                    }
-                },
-            )
-            with parsing("pool.dataset.query"):
-                datasets, created = parse_datasets(raw, self.filter)
+            # The dataset listing is a target (dataset/<pool>): the snapshot query over many
+            # snapshots is what gets slow. It runs under its own target_timeout; when it fails
+            # while the API answers, the last-known datasets stay and the rest is read.
+            listing: FetchError | None = None
+            try:
+                datasets, created = await within(
+                    ctx,
+                    self._datasets(client, profile.snapshot_method),
+                    cfg.dataset_timeout,
+                    "dataset listing",
+                )
+            except FetchError as exc:
+                if exc.reason in API_DOWN_REASONS:
+                    raise
+                listing = exc
+                datasets, created = self._last_datasets
+            else:
+                self._last_datasets = (datasets, created)
+            if listing is not None and not pools:
+                raise listing  # no pool to report it on: the poll fails
             scrubs = [
                 dataclasses.replace(
                     s, created=created.get(s.pool), anchor_on_end=profile.release >= (26, 0)
                 )
                 for s in scrubs
             ]
-
-            raw = await client.call(
-                profile.snapshot_method,
-                [],
-                {
-                    "select": ["name", "dataset", "properties"],
-                    "extra": {"properties": ["creation"]},
-                },
-            )
-            with parsing(profile.snapshot_method):
-                datasets = fold_snapshots(raw, datasets)
-            del raw  # the snapshot list can be large: drop it before the next call
 
             smart: list[SmartDevice] | None = None
             if profile.smart_method is not None:
@@ -233,7 +236,14 @@ class TrueNASSource(Source[TrueNASConfig, TrueNASSnapshot]):
             for scrub in scrubs
             if scrub.completed_start is not None and scrub.completed_end is not None
         }
+        targets = tuple(
+            TargetStatus(dataset_target(p.name), up=True)
+            if listing is None
+            else TargetStatus.failed(dataset_target(p.name), listing)
+            for p in pools
+        )
         return TrueNASSnapshot(
+            targets=targets,
             version=profile.version,
             fetched_at=now,
             timezone=tz,
@@ -244,6 +254,36 @@ class TrueNASSource(Source[TrueNASConfig, TrueNASSnapshot]):
             cloudsync=tuple(cloudsync),
             scrub_tasks=tuple(scrub_tasks),
         )
+
+    async def _datasets(
+        self, client: ApiClient, snapshot_method: str
+    ) -> tuple[list[DatasetInfo], dict[str, float]]:
+        """Read the datasets and fold their snapshots in (the dataset listing target)."""
+        raw = await client.call(
+            "pool.dataset.query",
+            [],
+            {
+                "extra": {
+                    "flat": True,
+                    "retrieve_children": False,
+                    "properties": _DATASET_PROPERTIES,
+                    "retrieve_user_props": False,
+                }
+            },
+        )
+        with parsing("pool.dataset.query"):
+            datasets, created = parse_datasets(raw, self.filter)
+        raw = await client.call(
+            snapshot_method,
+            [],
+            {
+                "select": ["name", "dataset", "properties"],
+                "extra": {"properties": ["creation"]},
+            },
+        )
+        with parsing(snapshot_method):
+            folded = fold_snapshots(raw, datasets)
+        return list(folded), created
 
     async def _open(self, url: URL, ctx: FetchContext) -> ApiClient:
         """Connect over JSON-RPC; on a 404 handshake (TrueNAS 24.10) use REST on the same host."""
@@ -277,6 +317,7 @@ class TrueNASSource(Source[TrueNASConfig, TrueNASSnapshot]):
     def render(self, snapshot: TrueNASSnapshot) -> Iterator[Metric]:
         """Render storage (shared families), cloud-sync tasks and the release."""
         yield from render_snapshot(self.name, snapshot)
+        yield from render_targets(self.name, self.kind, snapshot.targets)
 
     # ---- jobs
 

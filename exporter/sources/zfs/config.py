@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BeforeValidator, WithJsonSchema
@@ -10,7 +10,8 @@ from pydantic.dataclasses import dataclass
 from pydantic.json_schema import SkipJsonSchema
 
 from exporter.core.config import EvidenceSelector, KindSpec, SourceConfig
-from exporter.core.fields import STRICT, Duration, StrList, Text, Zone, problem
+from exporter.core.fields import STRICT, Duration, DurationOrZero, StrList, Text, Zone, problem
+from exporter.sources.targets import effective_target_timeout, target_timeout_problems
 from exporter.storage.config import DatasetsConfig
 
 
@@ -42,6 +43,18 @@ class ZfsConfig(SourceConfig):
         WithJsonSchema({"enum": ["auto", True, False, "true", "false"]}),
     ] = "auto"  # auto | true | false
     timezone: Zone = "UTC"
+    #: The dataset listing (``zfs list``) within the poll; 0: half of ``timeout``.
+    target_timeout: DurationOrZero = 0.0
+
+    @property
+    def dataset_timeout(self) -> float:
+        """The time ``zfs list`` (datasets and snapshots) may take within a poll."""
+        return effective_target_timeout(self.timeout, self.target_timeout)
+
+    def problems(self, context: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+        """Run the common checks; the dataset listing's timeout ends before the poll's."""
+        yield from super().problems(context)
+        yield from target_timeout_problems(self.timeout, self.target_timeout)
 
     def complete(self, raw: Mapping[str, Any], context: Mapping[str, Any]) -> None:
         """Copy the patterns of ``datasets:``."""

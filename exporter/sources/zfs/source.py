@@ -25,6 +25,7 @@ Sample exposition::
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
@@ -34,6 +35,7 @@ from prometheus_client.core import Metric
 from exporter.core.command import run_command
 from exporter.schedule.jobs import Evidence
 from exporter.sources.base import FetchContext, FetchError, Source
+from exporter.sources.targets import API_DOWN_REASONS, TargetStatus, dataset_target, render_targets
 from exporter.sources.zfs import KIND
 from exporter.sources.zfs.config import SPEC as SPEC  # noqa: PLC0414 - re-export
 from exporter.sources.zfs.config import ZfsConfig
@@ -52,7 +54,12 @@ from exporter.storage.zfs import (
 
 #: OpenZFS release that added ``-j`` to ``zfs list`` and ``zpool status``.
 JSON_SINCE = (2, 3)
+log = logging.getLogger(__name__)
+
 _TYPES = "filesystem,volume,snapshot"
+# A failing `zfs list` with one of these reasons means the host is unreachable (ssh), the
+# ZFS library cannot start or the command is missing: the source is down, not one listing.
+_HOST_DOWN = API_DOWN_REASONS | {"config"}
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,7 @@ class ZfsSnapshot:
     datasets: tuple[DatasetInfo, ...]
     pools: tuple[PoolInfo, ...]
     json: bool
+    targets: tuple[TargetStatus, ...] = ()  # the dataset listing, as dataset/<pool>
 
 
 class ZfsSource(Source[ZfsConfig, ZfsSnapshot]):
@@ -82,11 +90,12 @@ class ZfsSource(Source[ZfsConfig, ZfsSnapshot]):
         self.tz = ZoneInfo(config.timezone)
         # Decided once (json: auto); a ZFS upgrade needs a reboot of the host anyway.
         self._use_json: bool | None = {"true": True, "false": False}.get(config.json)
+        self._last_datasets: tuple[DatasetInfo, ...] = ()  # kept while the listing fails
 
-    async def _run(self, ctx: FetchContext, argv: list[str]) -> str:
+    async def _run(self, ctx: FetchContext, argv: list[str], limit: float | None = None) -> str:
         ctx.count_request()
         result = await run_command(
-            argv, timeout=self.config.timeout, prefix=self.config.command_prefix
+            argv, timeout=limit or self.config.timeout, prefix=self.config.command_prefix
         )
         return result.stdout
 
@@ -119,25 +128,52 @@ class ZfsSource(Source[ZfsConfig, ZfsSnapshot]):
         else:
             list_argv = ["zfs", "list", "-H", "-p", "-t", _TYPES, "-o", columns]
             status_argv = ["zpool", "status"]
-        list_out = await self._run(ctx, list_argv)
-        status_out = await self._run(ctx, status_argv)
+        # The dataset listing is a target (dataset/<pool>): `zfs list -t snapshot` is what
+        # gets slow on a pool with many snapshots. It runs under its own target_timeout; when
+        # it fails while the host answers, the last-known datasets stay and the pools are read.
+        listing: FetchError | None = None
+        datasets = self._last_datasets
         try:
+            list_out = await self._run(ctx, list_argv, limit=self.config.dataset_timeout)
             if use_json:
                 datasets = parse_zfs_list_json(
                     _load_json(list_out, "zfs list"), dataset_filter=self.filter
                 )
-                pools = parse_zpool_status_json(_load_json(status_out, "zpool status"))
             else:
                 datasets = parse_zfs_list_text(list_out, dataset_filter=self.filter)
+        except StorageParseError as exc:
+            listing = FetchError("parse", str(exc))
+        except FetchError as exc:
+            if exc.reason in _HOST_DOWN:
+                raise  # the host (or ssh, or the ZFS library) is down: the whole source
+            listing = exc
+        status_out = await self._run(ctx, status_argv)
+        try:
+            if use_json:
+                pools = parse_zpool_status_json(_load_json(status_out, "zpool status"))
+            else:
                 pools = parse_zpool_status_text(status_out, tz=self.tz)
         except StorageParseError as exc:
             raise FetchError("parse", str(exc)) from None
-        return ZfsSnapshot(datasets=datasets, pools=pools, json=use_json)
+        if listing is None:
+            self._last_datasets = datasets
+        elif not pools:
+            raise listing  # no pool to report it on: the poll fails
+        else:
+            log.debug("source=%s zfs list: %s", self.name, listing)
+        targets = tuple(
+            TargetStatus(dataset_target(p.name), up=True)
+            if listing is None
+            else TargetStatus.failed(dataset_target(p.name), listing)
+            for p in pools
+        )
+        return ZfsSnapshot(datasets=datasets, pools=pools, json=use_json, targets=targets)
 
     def render(self, snapshot: ZfsSnapshot) -> Iterator[Metric]:
         """Render datasets and pools."""
         yield from render_datasets(self.name, snapshot.datasets)
         yield from render_pools(self.name, snapshot.pools)
+        yield from render_targets(self.name, self.kind, snapshot.targets)
 
     def evidence(self, snapshot: ZfsSnapshot, selector: Mapping[str, str]) -> Evidence | None:
         """``{pool: tank}`` → the last scrub; ``{dataset: tank/x}`` → the newest snapshot."""
