@@ -411,7 +411,7 @@ async def test_without_logs_no_storage_is_blamed_on_a_guess(
 
 
 def target(values: dict[Any, float], sid: str) -> float:
-    return values[key("backup_target_up", target=f"storage/{sid}")]
+    return values[key("backup_target_up", kind="proxmox", target=f"storage/{sid}")]
 
 
 async def test_partially_visible_storage_is_a_permission_problem_of_that_storage(
