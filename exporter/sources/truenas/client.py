@@ -38,6 +38,7 @@ Server messages are redacted of the key before they reach an error message.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import json
@@ -81,6 +82,18 @@ PLAIN_HTTP_REFUSAL = (
 MAX_MESSAGE_BYTES = 256 * 2**20
 
 _MAX_REASON = 300
+
+#: Answers larger than this are decoded in a worker thread, not on the event loop: decoding a
+#: few MiB of ejson takes tens of milliseconds, which /metrics must not wait behind.
+OFFLOAD_DECODE_BYTES = 64 * 2**10
+
+
+async def _loads(data: str | bytes) -> Any:
+    """``json.loads`` with the ejson hook; off the event loop when ``data`` is large."""
+    if len(data) <= OFFLOAD_DECODE_BYTES:
+        return json.loads(data, object_hook=decode_ejson)
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, lambda: json.loads(data, object_hook=decode_ejson))
 
 
 class MethodNotFoundError(FetchError):
@@ -269,7 +282,7 @@ class TrueNASClient(_Transport):
         while True:
             msg = await ws.receive()
             if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                answer = self._decode(msg.data, method)
+                answer = await self._decode(msg.data, method)
                 if not isinstance(answer, dict) or answer.get("id") != call_id:
                     continue  # a notification or a stale answer
                 return self._result(answer, method)
@@ -277,9 +290,9 @@ class TrueNASClient(_Transport):
                 raise FetchError("connection", f"WebSocket error while calling {method}")
             raise FetchError("connection", f"{self.where} closed the connection during {method}")
 
-    def _decode(self, data: str | bytes, method: str) -> Any:
+    async def _decode(self, data: str | bytes, method: str) -> Any:
         try:
-            return json.loads(data, object_hook=decode_ejson)
+            return await _loads(data)
         except (ValueError, RecursionError):
             raise FetchError("parse", f"TrueNAS sent invalid JSON in answer to {method}") from None
 
@@ -495,7 +508,7 @@ class TrueNASRestClient(_Transport):
         if status != 200:
             raise self._status_error(status, body, endpoint)
         try:
-            return json.loads(body, object_hook=decode_ejson)
+            return await _loads(body)
         except (ValueError, RecursionError):
             raise FetchError(
                 "parse", f"TrueNAS sent invalid JSON from GET {endpoint} ({method})"

@@ -73,8 +73,8 @@ from exporter.sources.truenas.config import SPEC as SPEC  # noqa: PLC0414 - re-e
 from exporter.sources.truenas.config import TrueNASConfig
 from exporter.sources.truenas.model import CloudSyncTask, PoolScrub, TrueNASSnapshot
 from exporter.sources.truenas.parse import (
+    SnapshotFold,
     detect_version,
-    fold_snapshots,
     parse_cloudsync,
     parse_datasets,
     parse_pools,
@@ -84,7 +84,7 @@ from exporter.sources.truenas.parse import (
 )
 from exporter.sources.truenas.render import render_snapshot
 from exporter.storage.evidence import storage_evidence
-from exporter.storage.models import DatasetFilter, SmartDevice
+from exporter.storage.models import DatasetFilter, DatasetInfo, SmartDevice
 from exporter.storage.selftest_pins import SelfTestPins
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,58 @@ def _schedule_interval(schedule: Schedule, at: datetime) -> float:
     """Seconds between the run at or before ``at`` and the one after it."""
     first = schedule.latest_at_or_before(at) or schedule.next_after(at)
     return (schedule.next_after(first) - first).total_seconds()
+
+
+# --------------------------------------------------------------------------- snapshots
+
+#: Snapshots per page of the snapshot query. A page of 10 000 entries with ``select`` and
+#: only the ``creation`` property is ~2 MiB of JSON; it is decoded off the event loop
+#: (:meth:`TrueNASClient.call`) and folded at once, so 200k snapshots never sit in memory.
+SNAPSHOT_PAGE = 10_000
+
+#: A runaway guard: a server that ignored ``offset`` would otherwise be paged forever.
+MAX_SNAPSHOT_PAGES = 10_000
+
+
+async def read_snapshots(
+    client: ApiClient, method: str, datasets: list[DatasetInfo], *, page: int = SNAPSHOT_PAGE
+) -> list[DatasetInfo]:
+    """Read ``method`` (``zfs.snapshot.query``/``pool.snapshot.query``) page by page, folding.
+
+    The paging rule is the middleware's ``filter_list`` (truenas/middleware,
+    src/middlewared/middlewared/utils/filter_list.py, ``filter_list``): filters, then
+    ``order_by``, then ``offset`` (``rv[offset:]``), then ``limit`` (``rv[:limit]``); an
+    ``offset``/``limit`` of 0 means none. ``zfs.snapshot.query`` (plugins/zfs_/snapshot.py,
+    ``ZFSSnapshotService.query``) lists every snapshot through libzfs and hands it to
+    ``filter_list``, so ``order_by: ["name"]`` makes the pages a stable partition of one
+    sorted list. A page shorter than ``limit`` is the last one; a server that ignores
+    ``limit`` (answers everything at once) is read in that single page. Snapshots created or
+    destroyed between two pages can shift the order by that many entries: a count may be off
+    by the snapshots taken during the poll, never by a page.
+    """
+    fold = SnapshotFold(datasets)
+    offset = 0
+    for _ in range(MAX_SNAPSHOT_PAGES):
+        raw = await client.call(
+            method,
+            [],
+            {
+                "select": ["name", "dataset", "properties"],
+                "order_by": ["name"],
+                "offset": offset,
+                "limit": page,
+                "extra": {"properties": ["creation"]},
+            },
+        )
+        with parsing(method):
+            got = fold.add(raw)
+        del raw  # a page can be large: drop it before the next call
+        if got != page:  # short: the last page; longer: a server that ignored `limit`
+            break
+        offset += got
+    else:
+        raise FetchError("parse", f"{method} returned more than {MAX_SNAPSHOT_PAGES} full pages")
+    return fold.result()
 
 
 # ------------------------------------------------------------------------------ source
@@ -188,17 +240,7 @@ class TrueNASSource(Source[TrueNASConfig, TrueNASSnapshot]):
                 datasets, created = parse_datasets(raw, self.filter)
             scrubs = [dataclasses.replace(s, created=created.get(s.pool)) for s in scrubs]
 
-            raw = await client.call(
-                profile.snapshot_method,
-                [],
-                {
-                    "select": ["name", "dataset", "properties"],
-                    "extra": {"properties": ["creation"]},
-                },
-            )
-            with parsing(profile.snapshot_method):
-                datasets = fold_snapshots(raw, datasets)
-            del raw  # the snapshot list can be large: drop it before the next call
+            datasets = await read_snapshots(client, profile.snapshot_method, datasets)
 
             smart: list[SmartDevice] | None = None
             if profile.smart_method is not None:
