@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -170,6 +171,9 @@ def _creation(snap: dict[str, Any]) -> float | None:
     return float(raw) if isinstance(raw, str) and raw.isdigit() else None
 
 
+_YIELD_EVERY = 1024
+
+
 class SnapshotFold:
     """Per-dataset snapshot count, newest and oldest creation, folded page by page.
 
@@ -187,7 +191,9 @@ class SnapshotFold:
         """Fold one page (a list of snapshot entries); return how many entries it held."""
         entries = _list(result, "result")
         acc = self._acc
-        for raw in entries:
+        for i, raw in enumerate(entries):
+            if i % _YIELD_EVERY == _YIELD_EVERY - 1:
+                time.sleep(0)  # in a worker thread: let the event loop have the GIL now
             snap = _dict(raw, "snapshot")
             name = _text(snap.get("name"))
             dataset = snap.get("dataset") or name.partition("@")[0]
