@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -136,21 +140,71 @@ def state_path(config: Config) -> Path:
     return config.state_path or default_state_path()
 
 
+#: SIGTERM must end the process within 5 s (systemd's stop, a container runtime's grace):
+#: cleanup gets this long, then a watchdog ends the process whatever is still running.
+SHUTDOWN_GRACE = 3.0
+#: In-flight requests get this long when the listener closes (aiohttp's default is 60 s).
+REQUEST_GRACE = 1.0
+
+
+def _force_exit(why: str, status: int) -> None:
+    """Log, flush and end the process now: no thread, child or atexit hook can hold it."""
+    log.warning("%s", why)
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    os._exit(status)
+
+
+def _start_watchdog(grace: float) -> None:
+    """End the process ``grace`` seconds from now unless it has exited by then."""
+
+    def watch() -> None:
+        time.sleep(grace)
+        _force_exit(f"shutdown did not finish within {grace:g}s; exiting now", 1)
+
+    threading.Thread(target=watch, name="shutdown-watchdog", daemon=True).start()
+
+
 async def _serve(config: Config, listen: str) -> None:
+    """Serve until SIGTERM/SIGINT; the shutdown is bounded.
+
+    The first signal cancels the pollers (a running scan child is killed, sockets closed),
+    closes the listener (in-flight requests get ``REQUEST_GRACE``) and flushes the state
+    store, all within ``SHUTDOWN_GRACE``; a watchdog ends the process (status 1) one second
+    after that if it has not exited, e.g. because the interpreter's exit joins a worker
+    thread stuck in a blocking call. A second signal ends it at once (status 1).
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signame: str) -> None:
+        if stop.is_set():
+            _force_exit(f"second {signame}: exiting at once", 1)
+        log.info("shutting down")
+        _start_watchdog(SHUTDOWN_GRACE + 1.0)
+        stop.set()
+
+    # Handlers first: a SIGTERM while the state loads or the port opens is a shutdown too.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig.name)
     app = create_app(config, keeper=StateKeeper(state_path(config)))
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=REQUEST_GRACE)
     await runner.setup()
     host, port = _split_listen(listen)
     site = web.TCPSite(runner, host, port)
     await site.start()
     log.info("listening on %s with %d sources", listen, len(config.sources))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down")
-    await runner.cleanup()
+    try:
+        async with asyncio.timeout(SHUTDOWN_GRACE):
+            await runner.cleanup()
+    except TimeoutError:
+        _force_exit(f"cleanup did not finish within {SHUTDOWN_GRACE:g}s; exiting now", 1)
+    # Leaving here, the interpreter joins worker threads at exit; one stuck in a blocking
+    # call that never returns (an SDK on a dead connection) is what the watchdog ends.
 
 
 async def _once(config: Config) -> tuple[bytes, bool]:

@@ -52,7 +52,32 @@ def _options(params: list[Any]) -> dict[str, Any]:
     return {}
 
 
+def _order_key(field: str) -> Callable[[dict[str, Any]], Any]:
+    def key(item: dict[str, Any]) -> Any:
+        value: Any = item
+        for part in field.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        return value
+
+    return key
+
+
 def _select(items: list[dict[str, Any]], options: dict[str, Any]) -> list[dict[str, Any]]:
+    """Apply ``query-options`` as the middleware's ``filter_list`` does.
+
+    truenas/middleware, src/middlewared/middlewared/utils/filter_list.py, ``filter_list``:
+    ``order_by`` (a ``-`` prefix reverses), then ``offset`` (``rv[offset:]``), then ``limit``
+    (``rv[:limit]``), 0 meaning none; ``select`` keeps the named keys.
+    """
+    for field in options.get("order_by") or ():
+        reverse = field.startswith("-")
+        items = sorted(items, key=_order_key(field.lstrip("-")), reverse=reverse)
+    offset = options.get("offset") or 0
+    limit = options.get("limit") or 0
+    if offset:
+        items = items[offset:]
+    if limit:
+        items = items[:limit]
     select = options.get("select")
     if not select:
         return items

@@ -144,7 +144,11 @@ async def _rest(request: web.Request) -> web.StreamResponse:
     scenario.sync()
     if method in scenario.results:
         return _rest_json(200, scenario.results[method])
-    return _rest_json(200, handlers[method]({"extra": extra}))
+    options: dict[str, Any] = {"extra": extra}
+    for key in ("limit", "offset"):  # restful.py passes them through as query-options
+        if request.query.get(key, "").isdigit():
+            options[key] = int(request.query[key])
+    return _rest_json(200, handlers[method](options))
 
 
 def create_app(scenario: TrueNASScenario) -> web.Application:

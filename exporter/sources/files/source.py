@@ -22,14 +22,20 @@ Sample exposition::
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from exporter.schedule.jobs import Evidence
-from exporter.sources.base import FetchContext, FetchError, Source
+from exporter.sources.base import FetchContext, FetchError, Reason, Source
 from exporter.sources.files import KIND
 from exporter.sources.files.config import SPEC as SPEC  # noqa: PLC0414 - re-export
 from exporter.sources.files.config import FilesConfig
@@ -68,54 +74,118 @@ class _GuestAcc:
         self.newest_bytes = 0
 
 
-def scan(cfg: FilesConfig) -> FilesSnapshot:
-    """Walk the glob once, aggregating as it goes (blocking; run in a worker thread)."""
-    if not cfg.path.is_dir():
-        raise FetchError("config", f"{cfg.path} is not a readable directory")
-    tz = ZoneInfo(cfg.timezone or "UTC")
-    count = total = 0
-    newest: float | None = None
-    oldest: float | None = None
-    guests: dict[int, _GuestAcc] = {}
+#: The scan child (see :mod:`exporter.sources.files.scan`), run by path with this interpreter.
+SCAN_SCRIPT = Path(__file__).with_name("scan.py")
+
+#: A JSON line of the child is a file name and two numbers; longer is a broken child.
+_MAX_LINE = 64 * 2**10
+
+#: How long a killed scan child is waited for before it is left to the kernel.
+_KILL_WAIT = 1.0
+
+
+class _Aggregate:
+    """Folds the child's ``f`` lines as they are read (memory does not grow with files)."""
+
+    def __init__(self, cfg: FilesConfig) -> None:
+        self.cfg = cfg
+        self.tz = ZoneInfo(cfg.timezone or "UTC")
+        self.count = self.total = 0
+        self.newest: float | None = None
+        self.oldest: float | None = None
+        self.guests: dict[int, _GuestAcc] = {}
+
+    def add(self, name: str, size: int, mtime: float) -> None:
+        self.count += 1
+        self.total += size
+        self.newest = mtime if self.newest is None else max(self.newest, mtime)
+        self.oldest = mtime if self.oldest is None else min(self.oldest, mtime)
+        if not self.cfg.vzdump:
+            return
+        archive = parse_archive_name(name, tz=self.tz)
+        if archive is None:
+            return
+        acc = self.guests.setdefault(archive.vmid, _GuestAcc())
+        acc.count += 1
+        acc.total += size
+        if archive.ctime > acc.newest:
+            acc.newest, acc.newest_bytes = archive.ctime, size
+
+    def snapshot(self) -> FilesSnapshot:
+        return FilesSnapshot(
+            count=self.count,
+            total_bytes=self.total,
+            newest=self.newest,
+            oldest=self.oldest,
+            guests=tuple(
+                GuestArchives(vmid, a.count, a.total, a.newest, a.newest_bytes)
+                for vmid, a in sorted(self.guests.items())
+            ),
+        )
+
+
+def _line(raw: bytes) -> list[Any]:
     try:
-        for entry in cfg.path.glob(cfg.glob):
-            try:
-                st = entry.stat()
-            except FileNotFoundError:
-                continue  # removed by a prune while we walked
-            if not entry.is_file():
-                continue
-            count += 1
-            total += st.st_size
-            newest = st.st_mtime if newest is None else max(newest, st.st_mtime)
-            oldest = st.st_mtime if oldest is None else min(oldest, st.st_mtime)
-            if cfg.vzdump:
-                archive = parse_archive_name(entry.name, tz=tz)
-                if archive is None:
-                    continue
-                acc = guests.setdefault(archive.vmid, _GuestAcc())
-                acc.count += 1
-                acc.total += st.st_size
-                if archive.ctime > acc.newest:
-                    acc.newest, acc.newest_bytes = archive.ctime, st.st_size
-    except PermissionError as exc:
-        raise FetchError("permission", f"cannot read {exc.filename or cfg.path}") from exc
-    except OSError as exc:
-        raise FetchError("connection", f"{cfg.path}: {exc.strerror or exc}") from exc
-    return FilesSnapshot(
-        count=count,
-        total_bytes=total,
-        newest=newest,
-        oldest=oldest,
-        guests=tuple(
-            GuestArchives(vmid, a.count, a.total, a.newest, a.newest_bytes)
-            for vmid, a in sorted(guests.items())
-        ),
+        item = json.loads(raw)
+    except ValueError:
+        raise FetchError("parse", "the file scan sent a line that is not JSON") from None
+    if not isinstance(item, list) or not item or not isinstance(item[0], str):
+        raise FetchError("parse", "the file scan sent an unexpected line")
+    return item
+
+
+async def scan(cfg: FilesConfig) -> FilesSnapshot:
+    """Walk the glob in a child process, aggregating its lines as they arrive.
+
+    The child is killed (SIGKILL) when this coroutine is cancelled, by the poll's timeout or
+    at shutdown, and waited for at most ``_KILL_WAIT``: a process stuck on a hung mount
+    cannot hold the poll, the event loop or the exit.
+    """
+    request = json.dumps({"path": str(cfg.path), "glob": cfg.glob})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(SCAN_SCRIPT),
+        request,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        start_new_session=True,  # a terminal's Ctrl-C is the exporter's to handle, not its
+        limit=_MAX_LINE,
     )
+    assert proc.stdout is not None
+    agg = _Aggregate(cfg)
+    done = False
+    try:
+        while raw := await proc.stdout.readline():
+            item = _line(raw)
+            if item[0] == "f" and len(item) == 4:
+                agg.add(str(item[1]), int(item[2]), float(item[3]))
+            elif item[0] == "e" and len(item) == 3 and item[1] in _CHILD_REASONS:
+                raise FetchError(item[1], str(item[2]))
+            elif item[0] == "done":
+                done = True
+            else:
+                raise FetchError("parse", f"the file scan sent an unexpected {item[0]!r} line")
+        status = await proc.wait()
+    except ValueError:  # a line over the limit
+        raise FetchError("parse", "the file scan sent an overlong line") from None
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            # Reap it if the kernel lets it die at once; a process in an uninterruptible
+            # wait is left behind (asyncio reaps it later), never waited for here.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), _KILL_WAIT)
+    if not done:
+        raise FetchError("connection", f"the scan of {cfg.path} ended early (status {status})")
+    return agg.snapshot()
+
+
+_CHILD_REASONS: frozenset[Reason] = frozenset({"config", "permission", "connection"})
 
 
 class FilesSource(Source[FilesConfig, FilesSnapshot]):
-    """Scans a directory glob in a worker thread.
+    """Scans a directory glob in a child process that a hung mount cannot wedge.
 
     Sample exposition::
 
@@ -127,8 +197,8 @@ class FilesSource(Source[FilesConfig, FilesSnapshot]):
     kind = KIND
 
     async def fetch(self, ctx: FetchContext) -> FilesSnapshot:
-        """Scan the files."""
-        return await ctx.run_blocking(scan, self.config)
+        """Scan the files in a child process (killed at the poll's timeout)."""
+        return await scan(self.config)
 
     def render(self, snapshot: FilesSnapshot) -> Iterator[Metric]:
         """Render file aggregates, and per-guest archives when ``vzdump`` is on."""

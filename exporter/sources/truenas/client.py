@@ -38,10 +38,12 @@ Server messages are redacted of the key before they reach an error message.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import json
 import ssl
+import time as time_module
 from collections.abc import Callable
 from datetime import UTC, date, datetime, time
 from types import TracebackType
@@ -81,6 +83,46 @@ PLAIN_HTTP_REFUSAL = (
 MAX_MESSAGE_BYTES = 256 * 2**20
 
 _MAX_REASON = 300
+
+#: Answers larger than this are decoded in a worker thread, not on the event loop: decoding a
+#: few MiB of ejson takes tens of milliseconds, which /metrics must not wait behind.
+OFFLOAD_DECODE_BYTES = 64 * 2**10
+
+
+#: A worker thread decoding a page gives the GIL back every this many JSON objects.
+YIELD_EVERY = 1024
+
+
+def yielding(hook: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], Any]:
+    """Wrap an ``object_hook`` so that it releases the GIL every ``YIELD_EVERY`` objects.
+
+    A thread holding the GIL gives it up only every ``sys.getswitchinterval()`` (5 ms) when
+    another thread asks; the event loop needs it several times per scrape, so a decode in a
+    worker thread would add up to 5 ms per step. ``time.sleep(0)`` hands it over at once.
+    """
+    count = 0
+
+    def wrapped(obj: dict[str, Any]) -> Any:
+        nonlocal count
+        count += 1
+        if count % YIELD_EVERY == 0:
+            time_module.sleep(0)
+        return hook(obj)
+
+    return wrapped
+
+
+def loads_yielding(data: str | bytes) -> Any:
+    """``json.loads`` with the ejson hook, giving the GIL back regularly (a worker thread's)."""
+    return json.loads(data, object_hook=yielding(decode_ejson))
+
+
+async def _loads(data: str | bytes) -> Any:
+    """``json.loads`` with the ejson hook; off the event loop when ``data`` is large."""
+    if len(data) <= OFFLOAD_DECODE_BYTES:
+        return json.loads(data, object_hook=decode_ejson)
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, loads_yielding, data)
 
 
 class MethodNotFoundError(FetchError):
@@ -269,7 +311,7 @@ class TrueNASClient(_Transport):
         while True:
             msg = await ws.receive()
             if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                answer = self._decode(msg.data, method)
+                answer = await self._decode(msg.data, method)
                 if not isinstance(answer, dict) or answer.get("id") != call_id:
                     continue  # a notification or a stale answer
                 return self._result(answer, method)
@@ -277,9 +319,9 @@ class TrueNASClient(_Transport):
                 raise FetchError("connection", f"WebSocket error while calling {method}")
             raise FetchError("connection", f"{self.where} closed the connection during {method}")
 
-    def _decode(self, data: str | bytes, method: str) -> Any:
+    async def _decode(self, data: str | bytes, method: str) -> Any:
         try:
-            return json.loads(data, object_hook=decode_ejson)
+            return await _loads(data)
         except (ValueError, RecursionError):
             raise FetchError("parse", f"TrueNAS sent invalid JSON in answer to {method}") from None
 
@@ -495,7 +537,7 @@ class TrueNASRestClient(_Transport):
         if status != 200:
             raise self._status_error(status, body, endpoint)
         try:
-            return json.loads(body, object_hook=decode_ejson)
+            return await _loads(body)
         except (ValueError, RecursionError):
             raise FetchError(
                 "parse", f"TrueNAS sent invalid JSON from GET {endpoint} ({method})"

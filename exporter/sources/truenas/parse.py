@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -170,34 +171,65 @@ def _creation(snap: dict[str, Any]) -> float | None:
     return float(raw) if isinstance(raw, str) and raw.isdigit() else None
 
 
+_YIELD_EVERY = 1024
+
+
+class SnapshotFold:
+    """Per-dataset snapshot count, newest and oldest creation, folded page by page.
+
+    The snapshot query is read in pages (``query-options`` ``limit``/``offset``, see
+    :mod:`exporter.sources.truenas.source`); each page is folded as it arrives and dropped,
+    so memory stays O(datasets) however many snapshots the NAS keeps.
+    """
+
+    def __init__(self, datasets: list[DatasetInfo]) -> None:
+        self._datasets = datasets
+        self._acc: dict[str, list[Any]] = {ds.name: [0, None, None] for ds in datasets}
+        self.seen = 0
+
+    def add(self, result: Any) -> int:
+        """Fold one page (a list of snapshot entries); return how many entries it held."""
+        entries = _list(result, "result")
+        acc = self._acc
+        for i, raw in enumerate(entries):
+            if i % _YIELD_EVERY == _YIELD_EVERY - 1:
+                time.sleep(0)  # in a worker thread: let the event loop have the GIL now
+            snap = _dict(raw, "snapshot")
+            name = _text(snap.get("name"))
+            dataset = snap.get("dataset") or name.partition("@")[0]
+            slot = acc.get(dataset)
+            if slot is None:
+                continue  # a system or filtered dataset
+            slot[0] += 1
+            created = _creation(snap)
+            if created is not None:
+                slot[1] = created if slot[1] is None else max(slot[1], created)
+                slot[2] = created if slot[2] is None else min(slot[2], created)
+        self.seen += len(entries)
+        return len(entries)
+
+    def result(self) -> list[DatasetInfo]:
+        """Return the datasets with their snapshot aggregates."""
+        return [
+            DatasetInfo(
+                name=ds.name,
+                used=ds.used,
+                available=ds.available,
+                quota=ds.quota,
+                referenced=ds.referenced,
+                snapshots=self._acc[ds.name][0],
+                snapshot_newest=self._acc[ds.name][1],
+                snapshot_oldest=self._acc[ds.name][2],
+            )
+            for ds in self._datasets
+        ]
+
+
 def fold_snapshots(result: Any, datasets: list[DatasetInfo]) -> list[DatasetInfo]:
     """Count snapshots per selected dataset with their newest and oldest creation time."""
-    acc: dict[str, list[Any]] = {ds.name: [0, None, None] for ds in datasets}
-    for raw in _list(result, "result"):
-        snap = _dict(raw, "snapshot")
-        name = _text(snap.get("name"))
-        dataset = snap.get("dataset") or name.partition("@")[0]
-        slot = acc.get(dataset)
-        if slot is None:
-            continue  # a system or filtered dataset
-        slot[0] += 1
-        created = _creation(snap)
-        if created is not None:
-            slot[1] = created if slot[1] is None else max(slot[1], created)
-            slot[2] = created if slot[2] is None else min(slot[2], created)
-    return [
-        DatasetInfo(
-            name=ds.name,
-            used=ds.used,
-            available=ds.available,
-            quota=ds.quota,
-            referenced=ds.referenced,
-            snapshots=acc[ds.name][0],
-            snapshot_newest=acc[ds.name][1],
-            snapshot_oldest=acc[ds.name][2],
-        )
-        for ds in datasets
-    ]
+    fold = SnapshotFold(datasets)
+    fold.add(result)
+    return fold.result()
 
 
 def parse_pools(
