@@ -140,7 +140,7 @@ LOCAL = Path(__file__).resolve().parent / "fixtures"
 LOCAL_CAPTURES = sorted(
     p.name
     for p in (LOCAL / "smartctl").glob("*.json")
-    if p.name.startswith(("libblockdev_", "scrutiny_smart-"))
+    if p.name.startswith(("libblockdev_", "scrutiny_smart-", "netdata_"))
 )
 
 
