@@ -12,16 +12,14 @@ from __future__ import annotations
 import random
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 import yaml
 from b2sdk.v3 import B2Api, B2HttpApiConfig, InMemoryAccountInfo, RawSimulator
 from b2sdk.v3.exception import interpret_b2_error
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import Metric
-from prometheus_client.parser import text_string_to_metric_families
+from test_proxmox import exposition, samples
 from test_s3 import FaultProxy, moto_port, seed_client
 from test_truenas import START as NAS_START
 from test_truenas import make_source as truenas_source
@@ -50,26 +48,6 @@ MS = 1000
 # 2026-01-29 21:00:03 UTC, the time of a real vzdump archive name (docs/backends.md §5).
 BASE_MS = 1_769_720_403_000
 NOW = BASE_MS / MS + 40 * 86400
-
-
-def exposition(metrics: Iterable[Metric]) -> str:
-    fams = list(metrics)
-
-    class _C:
-        def collect(self) -> list[Metric]:
-            return fams
-
-    reg = CollectorRegistry(auto_describe=False)
-    reg.register(_C())  # type: ignore[arg-type]
-    return generate_latest(reg).decode()
-
-
-def samples(text: str) -> Samples:
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-    }
 
 
 def about(values: Samples, label: str, value: str) -> Samples:
