@@ -34,6 +34,7 @@ from pydantic.dataclasses import dataclass
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
+from exporter.assets.config import AssetConfig
 from exporter.core.fields import (
     STRICT,
     ConfigError,
@@ -271,6 +272,7 @@ class Config:
     state_path: Path | None = None
     sources: Mapping[str, SourceConfig] = field(default_factory=dict)
     jobs: Mapping[str, JobConfig] = field(default_factory=dict)
+    assets: Mapping[str, AssetConfig] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -336,6 +338,7 @@ def _document(specs: tuple[tuple[str, KindSpec], ...]) -> type[BaseModel]:
         state_path=(ConfigPath | None, None),
         sources=(dict[str, source], {}),
         jobs=(dict[str, JobConfig], {}),
+        assets=(dict[str, AssetConfig], {}),
     )
     return model
 
@@ -464,7 +467,7 @@ def parse_config(
             timezone = name
     context: dict[str, Any] = {"base_dir": base_dir or Path.cwd(), "timezone": timezone}
     source_kinds: dict[str, str] = {}
-    for section in ("sources", "jobs"):
+    for section in ("sources", "jobs", "assets"):
         if section in doc and not isinstance(doc[section], dict):
             found.append(((section,), "must be a mapping"))
             doc[section] = {}
@@ -515,6 +518,17 @@ def parse_config(
             )
         jobs[name] = job
     doc["sources"], doc["jobs"] = sources, jobs
+    assets: dict[str, Any] = {}
+    for key, raw in doc.get("assets", {}).items():
+        name = str(key)
+        value = {} if raw is None else raw
+        if not isinstance(value, dict):
+            found.append((("assets", name), "must be a mapping"))
+            continue
+        if "name" in value:
+            found.append((("assets", name, "name"), "unknown key"))
+        assets[name] = {**value, "name": name}
+    doc["assets"] = assets
     model = _document(_specs(kinds))
     parsed: BaseModel | None = None
     try:
@@ -536,6 +550,7 @@ def parse_config(
         state_path=getattr(parsed, "state_path", None),
         sources=getattr(parsed, "sources", {}),
         jobs=getattr(parsed, "jobs", {}),
+        assets=getattr(parsed, "assets", {}),
     )
 
 
