@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import html
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -21,9 +19,10 @@ from exporter.core.collector import SnapshotCollector
 from exporter.core.config import Config, SourceConfig
 from exporter.core.poller import Poller
 from exporter.core.state import StateKeeper
-from exporter.schedule.jobs import JobStatus
 from exporter.sources import build_source
 from exporter.sources.base import Source
+from exporter.status.document import StatusInputs, build_status
+from exporter.status.page import render_page
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +87,7 @@ def create_app(
     app[ZONE] = ZoneInfo(config.timezone)
     app.router.add_get("/metrics", make_aiohttp_handler(registry))
     app.router.add_get("/", _index)
+    app.router.add_get("/api/status", _api_status)
     app.router.add_get("/-/healthy", _healthy)
     app.router.add_get("/-/ready", _ready)
     if run_pollers:
@@ -126,84 +126,29 @@ async def _ready(request: web.Request) -> web.Response:
     return web.Response(text="OK\n")
 
 
-def _fmt_time(ts: float | None, zone: ZoneInfo) -> str:
-    if not ts:
-        return "never"
-    return datetime.fromtimestamp(ts, zone).strftime("%Y-%m-%d %H:%M %Z")
-
-
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>backup_exporter</title>
-<style>
-body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}
-table{{border-collapse:collapse;margin-bottom:2em}}
-td,th{{border:1px solid #ccc;padding:.3em .7em;text-align:left}}
-.ok{{background:#e6f4ea}} .bad{{background:#fce8e6}} .warn{{background:#fef7e0}}
-.unknown{{background:#e8eaed}}
-</style></head><body>
-<h1>backup_exporter</h1>
-<p>Version {version}. Metrics: <a href="/metrics">/metrics</a>.
-Health: <a href="/-/healthy">/-/healthy</a>, <a href="/-/ready">/-/ready</a>.</p>
-<h2>Sources</h2>
-<table><tr><th>source</th><th>kind</th><th>status</th><th>last success</th><th>detail</th></tr>
-{sources}</table>
-<h2>Jobs</h2>
-<table><tr><th>job</th><th>source</th><th>status</th><th>last success</th>
-<th>finish deadline</th><th>next start</th></tr>
-{jobs}</table>
-</body></html>
-"""
-
-
-def _source_row(p: Poller, zone: ZoneInfo) -> str:
-    st = p.state
-    if not st.polled:
-        cls, status, detail = "unknown", "starting", "not polled since the exporter started"
-    elif st.up:
-        cls, status, detail = "ok", "up", ""
-    else:
-        cls, status = "bad", "down"
-        detail = f"{st.error.reason}: {st.error.message}" if st.error else ""
-    cells = (p.name, p.source.kind, status, _fmt_time(st.last_success, zone), detail)
-    return f'<tr class="{cls}">' + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
-
-
-# Unknown is its own colour, never the green of success.
-_STATE_CLASS = {
-    "ok": "ok",
-    "running": "warn",
-    "late": "warn",
-    "overdue": "bad",
-    "failed": "bad",
-    "unknown": "unknown",
-}
-_STATE_ORDER = {"overdue": 0, "failed": 1, "unknown": 2, "late": 3, "running": 4, "ok": 5}
-
-
-def _job_row(st: JobStatus, zone: ZoneInfo) -> str:
-    spec = st.spec
-    name = spec.name + (f" (vmid {spec.labels['vmid']})" if spec.labels.get("vmid") else "")
-    cls = _STATE_CLASS[st.state]
-    status = st.state
-    cells = (
-        name,
-        spec.source,
-        status,
-        _fmt_time(st.evidence.last_success, zone),
-        _fmt_time(st.finish_deadline, zone),
-        _fmt_time(st.next_start, zone),
+def status_document(app: web.Application) -> dict[str, Any]:
+    """Build the status document from memory (no I/O): what ``/`` and ``/api/status`` show."""
+    collector = app[COLLECTOR]
+    pollers: list[Poller] = app[POLLERS]
+    return build_status(
+        StatusInputs(
+            now=app[CLOCK].time(),
+            zone=app[ZONE],
+            version=__version__,
+            pollers=pollers,
+            jobs=collector.job_statuses(),
+            assets=collector.asset_statuses(),
+            verifications=collector.verification_statuses(),
+            families=list(collector.collect()),
+            history=collector.job_history(),
+        )
     )
-    return f'<tr class="{cls}">' + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
 
 
 async def _index(request: web.Request) -> web.Response:
-    statuses = request.app[COLLECTOR].job_statuses()
-    zone = request.app[ZONE]
-    # Overdue, failed and unknown jobs first: the page answers "what needs me now?".
-    statuses.sort(key=lambda s: (_STATE_ORDER[s.state], s.spec.name))
-    body = _PAGE.format(
-        version=html.escape(__version__),
-        sources="\n".join(_source_row(p, zone) for p in request.app[POLLERS]),
-        jobs="\n".join(_job_row(s, zone) for s in statuses),
-    )
-    return web.Response(text=body, content_type="text/html")
+    body = render_page(status_document(request.app))
+    return web.Response(text=body, content_type="text/html", headers={"Cache-Control": "no-store"})
+
+
+async def _api_status(request: web.Request) -> web.Response:
+    return web.json_response(status_document(request.app), headers={"Cache-Control": "no-store"})

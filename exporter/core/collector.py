@@ -39,6 +39,7 @@ from prometheus_client.core import (
 )
 
 from exporter import __version__
+from exporter.assets.model import AssetStatus, VerificationStatus
 from exporter.core.clock import Clock
 from exporter.core.config import JobConfig
 from exporter.core.poller import Poller
@@ -223,6 +224,18 @@ class SnapshotCollector:
         kept, dropped = _without_duplicates(candidates)
         self._note_conflicts(dropped)
         return [self._evaluate(spec, ev, now, known=known) for spec, ev, known, _ in kept]
+
+    def asset_statuses(self) -> list[AssetStatus]:
+        """Judge every configured asset now (the asset engine fills this in)."""
+        return []
+
+    def verification_statuses(self) -> list[VerificationStatus]:
+        """Return the last verification of each activity per asset (from the records)."""
+        return []
+
+    def job_history(self) -> dict[str, list[tuple[float, bool]]]:
+        """Per job id (``source/name/vmid``): ``(finish deadline, met)`` of its recent runs."""
+        return {}
 
     def _note_conflicts(self, dropped: list[tuple[JobSpec, str]]) -> None:
         counts: dict[str, int] = {}
