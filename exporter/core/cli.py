@@ -1,7 +1,7 @@
 """Command line of ``backup-exporter``.
 
 Commands: ``serve`` (default), ``check-config``, ``once``, ``config schema``, ``schedule``,
-``backtest`` and ``demo``.
+``backtest``, ``report`` and ``demo``.
 """
 
 from __future__ import annotations
@@ -118,6 +118,15 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", parents=[common], help="run the simulated homelab ([demo] extra)")
     demo.add_argument("--workdir", default="demo-data", help="where state and configs go")
     demo.add_argument("--no-stack", action="store_true", help="no Prometheus/Alertmanager")
+    report = sub.add_parser(
+        "report", parents=[common], help="render the living strategy report (Markdown or HTML)"
+    )
+    report.add_argument("--config.file", dest="config_file", default=DEFAULT_CONFIG)
+    report.add_argument("--format", choices=("markdown", "html"), default="markdown")
+    report.add_argument("--output", help="write to this file (default: standard output)")
+    report.add_argument(
+        "--url", help="a running exporter (its /api/status); default: the state database"
+    )
     return parser
 
 
@@ -280,6 +289,32 @@ def _backtest(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(config: Config, args: argparse.Namespace) -> int:
+    from exporter.status import report  # noqa: PLC0415
+
+    if args.url:
+        try:
+            doc = report.fetch_status(args.url)
+        except (OSError, ValueError) as exc:
+            print(f"--url: cannot read the status of {args.url}: {exc}", file=sys.stderr)
+            return 1
+        origin = f"the running exporter at {args.url}"
+    else:
+        path = state_path(config)
+        if not path.is_file():
+            print(f"{path}: no state database yet (run the exporter, or pass --url)",
+                  file=sys.stderr)  # fmt: skip
+            return EXIT_CONFIG
+        doc = asyncio.run(report.status_from_store(config, path))
+        origin = f"the state database {path}"
+    text = report.write_report(doc, fmt=args.format, origin=origin)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     try:
         from exporter.sim import demo  # noqa: PLC0415 - only with the optional [demo] extra
@@ -321,6 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "backtest":
         return _backtest(config, args)
+    if args.command == "report":
+        return _report(config, args)
     if args.command == "once":
         text, ok = asyncio.run(_once(config))
         sys.stdout.buffer.write(text)

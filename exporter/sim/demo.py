@@ -58,7 +58,7 @@ async def run(workdir: Path, *, with_stack: bool) -> None:
     daemons: list[Daemon] = []
     try:
         # The demo remembers across restarts, like a real deployment (workdir/state.db).
-        keeper = StateKeeper(workdir / "state.db")
+        keeper = StateKeeper(lab.config.state_path or workdir / "state.db")
         app = create_app(lab.config, clock=clock, pollers=lab.pollers(keeper), keeper=keeper)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()

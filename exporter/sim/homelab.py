@@ -180,6 +180,8 @@ def config_document(lab: dict[str, Any], *, secrets: Path) -> dict[str, Any]:
     """Return the exporter configuration for the running fakes, as a YAML-ready mapping."""
     return {
         "timezone": TZ,
+        # The demo's memory: `backup-exporter report --config.file <workdir>/config.yml` reads it.
+        "state_path": str(secrets.parent / "state.db"),
         "sources": {
             "pve1": {
                 "kind": "proxmox",

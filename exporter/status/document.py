@@ -343,6 +343,21 @@ def _sizes(inputs: StatusInputs) -> list[dict[str, Any]]:
     return rows
 
 
+def _not_backed_up(inputs: StatusInputs) -> list[dict[str, Any]]:
+    names = {
+        (labels.get("source", ""), labels.get("vmid", "")): labels.get("name", "")
+        for labels, _ in _samples(inputs.families, "backup_pve_guest_info")
+    }
+    rows = [
+        {"source": labels.get("source", ""), "vmid": labels.get("vmid", ""),
+         "name": names.get((labels.get("source", ""), labels.get("vmid", "")), "")}
+        for labels, value in _samples(inputs.families, "backup_pve_guest_not_backed_up")
+        if value == 1
+    ]  # fmt: skip
+    rows.sort(key=lambda r: (r["source"], r["vmid"]))
+    return rows
+
+
 def _buckets(inputs: StatusInputs) -> list[dict[str, Any]]:
     rows = []
     for labels, value in _samples(inputs.families, "backup_bucket_estimated_monthly_cost_dollars"):
@@ -394,6 +409,11 @@ def _problems(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
     for s in doc["sources"]:
         if s["status"] == "down":
             found.append((2, "source", f"source {s['name']} down: {s['reason']}"))
+    for g in doc["guests_not_backed_up"]:
+        found.append(
+            (1, "guest", f"guest {g['vmid']} ({g['name'] or '?'}) on {g['source']}: "
+                         "no backup job covers it")
+        )  # fmt: skip
     for st in doc["storage"]:
         if st["over"]:
             found.append((3, "storage", f"{st['target']} on {st['source']}: retention over quota"))
@@ -458,6 +478,7 @@ def build_status(inputs: StatusInputs) -> dict[str, Any]:
         "sizes": _sizes(inputs),
         "buckets": _buckets(inputs),
         "policies": _policies(inputs),
+        "guests_not_backed_up": _not_backed_up(inputs),
     }
     doc["problems"] = _problems(doc)
     doc["verdict"] = _verdict(doc)
