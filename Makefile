@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBS   := prometheus prometheus-alertmanager chromium
 
-.PHONY: all venv debs lint test pytest demo bench dashboards clean
+.PHONY: all venv debs lint test pytest demo bench dashboards report-example clean
 
 all: test
 
@@ -46,6 +46,10 @@ bench: venv
 
 dashboards: venv
 	$(BIN)/python dashboards/generate.py
+
+# The simulated homelab's living strategy report, checked in as an example.
+report-example: venv
+	$(BIN)/python -m exporter.sim.example_report docs/examples/report.md
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

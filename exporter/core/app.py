@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -41,8 +41,12 @@ def build_pollers(
     clock: Clock,
     keeper: StateKeeper | None = None,
     factory: Callable[[SourceConfig], Source[Any, Any]] = build_source,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
 ) -> list[Poller]:
-    """Create one poller per configured source, with its memory from the loaded state."""
+    """Create one poller per configured source, with its memory from the loaded state.
+
+    ``sleep`` replaces ``asyncio.sleep`` between polls (the demo's accelerated time).
+    """
     results = keeper.results if keeper is not None else {}
     memories = keeper.memories if keeper is not None else {}
     return [
@@ -52,6 +56,7 @@ def build_pollers(
             last_success=results[cfg.name].taken_at if cfg.name in results else None,
             memory=memories.setdefault(cfg.name, {}) if keeper is not None else None,
             offline=cfg.offline_windows(config.timezone),
+            sleep=sleep or asyncio.sleep,
         )
         for cfg in config.sources.values()
     ]

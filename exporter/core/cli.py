@@ -118,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", parents=[common], help="run the simulated homelab ([demo] extra)")
     demo.add_argument("--workdir", default="demo-data", help="where state and configs go")
     demo.add_argument("--no-stack", action="store_true", help="no Prometheus/Alertmanager")
+    demo.add_argument(
+        "--speed", type=float, default=1.0, help="run simulated time N times faster (default 1)"
+    )
     report = sub.add_parser(
         "report", parents=[common], help="render the living strategy report (Markdown or HTML)"
     )
@@ -328,7 +331,10 @@ def _demo(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    return demo.main(Path(args.workdir), with_stack=not args.no_stack)
+    if not 1 <= args.speed <= 100_000:
+        print("--speed: must be between 1 and 100000", file=sys.stderr)
+        return EXIT_CONFIG
+    return demo.main(Path(args.workdir), with_stack=not args.no_stack, speed=args.speed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

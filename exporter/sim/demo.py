@@ -3,23 +3,34 @@
 Everything listens on 127.0.0.1 only. Prometheus and Alertmanager are started when the
 Debian packages are installed (``make debs``); the Alertmanager's receivers all point at a
 webhook inside this process, which prints each notification.
+
+``--speed N`` runs simulated time N times faster: the fakes' schedules (PVE's vzdump job,
+TrueNAS's snapshots, cloud syncs and scrubs, the Healthchecks pings) and the exporter's
+deadlines follow it, the pollers wait N times less, and a scenario breaks and repairs things on
+a four-day cycle (the PVE backup fails on day 1 and recovers on day 2; the B2 cloud sync fails
+on day 3 and recovers on day 4), so jobs run, fail and recover within minutes. Prometheus keeps
+real time: the exporter's own judgments (overdue, failed, asset states) follow the simulated
+clock, while rules that compare timestamps with Prometheus' ``time()`` see them in the future.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
-from exporter.core.app import create_app
-from exporter.core.clock import SystemClock
+from exporter.core.app import create_app, status_document
+from exporter.core.clock import Clock, SystemClock
 from exporter.core.state import StateKeeper
-from exporter.sim.homelab import start_homelab
+from exporter.sim.homelab import Homelab, start_homelab
 from exporter.sim.stack import (
     ALERTS_DIR,
     Daemon,
@@ -50,16 +61,84 @@ async def _notification(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
-async def run(workdir: Path, *, with_stack: bool) -> None:
+class SpeedClock:
+    """Wall-clock time running ``speed`` times faster from the instant it is made."""
+
+    def __init__(self, speed: float) -> None:
+        self.speed = speed
+        self._t0 = time.time()
+        self._m0 = time.monotonic()
+
+    def time(self) -> float:
+        """Return the simulated wall-clock time."""
+        return self._t0 + (time.time() - self._t0) * self.speed
+
+    def monotonic(self) -> float:
+        """Return the real monotonic time (poll durations stay real)."""
+        return time.monotonic()
+
+
+def _scaled_sleep(speed: float) -> Any:
+    async def sleep(seconds: float) -> None:
+        await asyncio.sleep(seconds / speed)
+
+    return sleep
+
+
+DAY = 86400.0
+B2_TASK = "B2 daily"  # the TrueNAS cloud-sync task of the simulated homelab
+
+
+async def _scenario(lab: Homelab, clock: Clock, speed: float) -> None:
+    """Break and repair things on a four-day simulated cycle; write the daily HA backup."""
+    start = clock.time()
+    done = -1
+    while True:
+        day = int((clock.time() - start) // DAY)
+        if day != done:
+            done = day
+            phase = day % 4
+            if phase == 1:
+                lab.pve_scenario.break_backups()
+                print(f"[scenario] day {day}: PVE backups start failing", flush=True)
+            elif phase == 2:
+                lab.pve_scenario.repair()
+                print(f"[scenario] day {day}: PVE backups repaired", flush=True)
+            elif phase == 3:
+                lab.truenas_scenario.fail_cloudsync(B2_TASK)
+                print(f"[scenario] day {day}: the B2 cloud sync starts failing", flush=True)
+            elif phase == 0 and day:
+                lab.truenas_scenario.repair_cloudsync(B2_TASK)
+                print(f"[scenario] day {day}: the B2 cloud sync repaired", flush=True)
+            if day:
+                lab.write_ha_backup(clock.time())
+        await asyncio.sleep(max(0.2, 600.0 / speed))
+
+
+async def _print_verdict(app: web.Application, pollers: list[Any]) -> None:
+    """Wait (bounded) for every source's first poll, then print the verdict and first actions."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(60):
+            await asyncio.gather(*(p.polled.wait() for p in pollers))
+    doc = status_document(app)
+    lines = [f"Verdict: {doc['verdict']['text']}"]
+    lines += [f"  {p['priority']}. {p['text']}" for p in doc["problems"][:8]]
+    print("\n".join(lines) + "\n", flush=True)
+
+
+async def run(workdir: Path, *, with_stack: bool, speed: float = 1.0) -> None:
     """Run until SIGINT/SIGTERM."""
-    clock = SystemClock()
+    clock: Clock = SystemClock() if speed == 1 else SpeedClock(speed)
     lab = await start_homelab(workdir, clock=clock)
+    tasks: list[asyncio.Task[None]] = []
     runners: list[web.AppRunner] = []
     daemons: list[Daemon] = []
     try:
         # The demo remembers across restarts, like a real deployment (workdir/state.db).
         keeper = StateKeeper(lab.config.state_path or workdir / "state.db")
-        app = create_app(lab.config, clock=clock, pollers=lab.pollers(keeper), keeper=keeper)
+        sleep = None if speed == 1 else _scaled_sleep(speed)
+        pollers = lab.pollers(keeper, sleep=sleep)
+        app = create_app(lab.config, clock=clock, pollers=pollers, keeper=keeper)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", EXPORTER_PORT).start()
@@ -102,7 +181,11 @@ async def run(workdir: Path, *, with_stack: bool) -> None:
                 ]
             except StackError as exc:
                 log.warning("running without Prometheus/Alertmanager: %s", exc)
+        if speed != 1:
+            urls.append(f"speed         simulated time runs {speed:g}x faster")
+            tasks.append(asyncio.create_task(_scenario(lab, clock, speed)))
         print("\nThe simulated homelab is up:\n  " + "\n  ".join(urls), flush=True)
+        await _print_verdict(app, pollers)
         print("Press Ctrl-C to stop.\n", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -110,6 +193,8 @@ async def run(workdir: Path, *, with_stack: bool) -> None:
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
     finally:
+        for task in tasks:
+            task.cancel()
         for daemon in reversed(daemons):
             daemon.stop()
         for runner in reversed(runners):
@@ -117,9 +202,9 @@ async def run(workdir: Path, *, with_stack: bool) -> None:
         await lab.stop()
 
 
-def main(workdir: Path, *, with_stack: bool) -> int:
+def main(workdir: Path, *, with_stack: bool, speed: float = 1.0) -> int:
     """Run until SIGINT/SIGTERM, state in ``workdir``: ``backup-exporter demo`` parses the flags."""
-    asyncio.run(run(workdir.resolve(), with_stack=with_stack))
+    asyncio.run(run(workdir.resolve(), with_stack=with_stack, speed=speed))
     return 0
 
 

@@ -17,7 +17,7 @@ import os
 import random
 import socket
 import sys
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from pathlib import Path
@@ -110,11 +110,22 @@ class Homelab:
             return B2Source(cfg, api_factory=self.b2_api)  # type: ignore[arg-type]
         return build_source(cfg)
 
-    def pollers(self, keeper: StateKeeper | None = None) -> list[Poller]:
+    def pollers(
+        self,
+        keeper: StateKeeper | None = None,
+        *,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> list[Poller]:
         """Build one poller per configured source (with ``keeper``: memories and windows)."""
         if keeper is not None:
             keeper.load()
-        return build_pollers(self.config, clock=self.clock, keeper=keeper, factory=self.source)
+        return build_pollers(
+            self.config, clock=self.clock, keeper=keeper, factory=self.source, sleep=sleep
+        )
+
+    def write_ha_backup(self, at: float) -> Path:
+        """Write a Home Assistant backup file made at ``at`` (the demo's accelerated time)."""
+        return _write_ha_backup(self.workdir / "ha-backup", at, random.Random(int(at)))  # noqa: S311
 
     async def stop(self) -> None:
         """Stop every fake server."""
@@ -170,10 +181,15 @@ def _seed_files(folder: Path, now: float) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(3)  # noqa: S311 - deterministic fake data
     for at in _daily(3, 0, now=now - 600, days=14):
-        stamp = datetime.fromtimestamp(at, ZoneInfo(TZ))
-        path = folder / f"ha_{stamp:%Y-%m-%d_%H.%M}.tar"
-        path.write_bytes(rng.randbytes(4096))
-        os.utime(path, (at + 300, at + 300))
+        _write_ha_backup(folder, at, rng)
+
+
+def _write_ha_backup(folder: Path, at: float, rng: random.Random) -> Path:
+    stamp = datetime.fromtimestamp(at, ZoneInfo(TZ))
+    path = folder / f"ha_{stamp:%Y-%m-%d_%H.%M}.tar"
+    path.write_bytes(rng.randbytes(4096))
+    os.utime(path, (at + 300, at + 300))
+    return path
 
 
 def config_document(lab: dict[str, Any], *, secrets: Path) -> dict[str, Any]:

@@ -28,6 +28,11 @@ def md(text: object) -> str:
     return _MD_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
 
 
+def code(text: object) -> str:
+    """Make ``text`` safe inside a Markdown code span in a table (no escapes apply there)."""
+    return " ".join(str(text).split()).replace("`", "'").replace("|", "\\|")
+
+
 def _environment(zone: ZoneInfo) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("exporter.status", "templates"),
@@ -38,6 +43,7 @@ def _environment(zone: ZoneInfo) -> jinja2.Environment:
         keep_trailing_newline=True,
     )
     env.filters["md"] = md
+    env.filters["code"] = code
     env.filters["bytes"] = format_bytes
     env.filters["local"] = lambda ts: local_time(ts, zone) or "never"
     return env
