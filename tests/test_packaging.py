@@ -140,6 +140,22 @@ def test_a_runtime_install_has_no_demo_or_test_extras(venv: Path, tmp_path: Path
     assert where.stdout.startswith(str(venv.parent)), "not the installed copy"
 
 
+def test_a_runtime_install_ships_the_page_and_report_templates(venv: Path, tmp_path: Path) -> None:
+    code = (
+        "from zoneinfo import ZoneInfo\n"
+        "from exporter.status.page import environment\n"
+        "from exporter.status.report import _environment\n"
+        "print(environment().get_template('status.html.j2').filename)\n"
+        "print(_environment(ZoneInfo('UTC')).get_template('report.md.j2').filename)\n"
+    )
+    proc = subprocess.run(
+        [str(venv / "python"), "-c", code],
+        capture_output=True, text=True, check=False, env=_env(), cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert all(line.startswith(str(venv.parent)) for line in proc.stdout.splitlines())
+
+
 def test_demo_without_the_extra_says_what_to_install(venv: Path, tmp_path: Path) -> None:
     proc = subprocess.run(
         [str(venv / "backup-exporter"), "demo", "--no-stack", "--workdir", str(tmp_path / "d")],
