@@ -77,7 +77,9 @@ def create_app(
     if pollers is None:
         pollers = build_pollers(config, clock=clock, keeper=keeper)
     pollers = list(pollers)
-    collector = SnapshotCollector(pollers, clock=clock, jobs=config.jobs, keeper=keeper)
+    collector = SnapshotCollector(
+        pollers, clock=clock, jobs=config.jobs, keeper=keeper, assets=config.assets
+    )
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     app = web.Application()
