@@ -81,23 +81,42 @@ class AssetConfig(ConfigSection):
     sla_target: float = 0.95
     locations: tuple[LocationConfig, ...] = ()
 
+    @classmethod
+    def prepare(
+        cls, raw: dict[str, Any], found: list[tuple[Loc, str]], context: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Check the locations as written: some, unique names, snapshots on a known medium."""
+        locations = raw.get("locations")
+        if not locations:
+            found.append((("locations",), "list at least one location"))
+        if not isinstance(locations, list):
+            return raw
+        written = [loc for loc in locations if isinstance(loc, Mapping)]
+        names = [str(loc["name"]) for loc in written if loc.get("name")]
+        for name in sorted({n for n in names if names.count(n) > 1}):
+            found.append((("locations",), f"duplicate location name {name!r}"))
+        media = {
+            str(loc["medium"])
+            for loc in written
+            if loc.get("layer") != "snapshot" and loc.get("medium")
+        }
+        for i, loc in enumerate(locations):
+            if not isinstance(loc, Mapping) or loc.get("layer") != "snapshot":
+                continue
+            if loc.get("medium") and str(loc["medium"]) not in media:
+                found.append(
+                    (
+                        ("locations", i, "medium"),
+                        "a snapshot is never a separate medium: give the medium of the location "
+                        f"it snapshots (one of: {', '.join(sorted(media)) or 'none declared'})",
+                    )
+                )
+        return raw
+
     def problems(self, context: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
-        """Check the SLA target, unique location names and that snapshots share a medium."""
+        """Check the SLA target."""
         if not 0.0 < self.sla_target <= 1.0:
             yield "sla_target", f"must be a ratio in (0, 1], got {self.sla_target:g}"
-        if not self.locations:
-            yield "locations", "list at least one location"
-        names = [loc.name for loc in self.locations if loc.name]
-        for name in sorted({n for n in names if names.count(n) > 1}):
-            yield "locations", f"duplicate location name {name!r}"
-        media = {loc.medium for loc in self.locations if loc.layer != "snapshot" and loc.medium}
-        for i, loc in enumerate(self.locations):
-            if loc.layer == "snapshot" and loc.medium and loc.medium not in media:
-                yield (
-                    f"locations.{i}.medium",
-                    "a snapshot is never a separate medium: give the medium of the location "
-                    f"it snapshots (one of: {', '.join(sorted(media)) or 'none declared'})",
-                )
 
     def complete(self, raw: Mapping[str, Any], context: Mapping[str, Any]) -> None:
         """Fill in the default location names and media."""
