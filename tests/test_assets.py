@@ -1,0 +1,448 @@
+"""The asset engine: the reference assets judged over the simulated homelab, and the pure rules.
+
+The homelab runs its real fakes over their real protocols (PVE and TrueNAS fakes, b2sdk's
+simulator, moto's S3 server for Storj, a folder of Home Assistant backups) with an injected
+clock. moto stamps objects with the real time, so "Storj a week stale" is the fake clock set
+8 days and an hour ahead of it: everything the other fakes seed follows the fake clock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.assets import render as render_module
+from exporter.assets.config import AssetConfig, LocationConfig
+from exporter.assets.engine import (
+    DEFAULT_RESTORE_TEST_INTERVAL,
+    Observation,
+    age_text,
+    judge,
+    judge_asset,
+    next_change,
+)
+from exporter.assets.model import AssetStatus, VerificationStatus
+from exporter.assets.render import render_assets
+from exporter.core.clock import FakeClock
+from exporter.core.collector import SnapshotCollector
+from exporter.core.poller import Poller
+from exporter.sim.homelab import Homelab, _daily, start_homelab
+
+DAY = 86400.0
+WEEK_AND_A_DAY = 8 * DAY + 3600.0
+NOT_POLLED = {"smart", "healthchecks"}  # feed no asset
+
+
+@dataclass
+class Lab:
+    lab: Homelab
+    clock: FakeClock
+    pollers: list[Poller]
+    collector: SnapshotCollector
+
+    async def poll(self, *names: str) -> None:
+        for poller in self.pollers:
+            if (poller.name in names) if names else poller.name not in NOT_POLLED:
+                await poller.poll_once()
+
+    def statuses(self) -> dict[str, AssetStatus]:
+        return {s.name: s for s in self.collector.asset_statuses()}
+
+
+@pytest_asyncio.fixture
+async def make_lab(tmp_path: Path) -> AsyncIterator[Any]:
+    labs: list[Lab] = []
+
+    async def make(ahead: float = 0.0) -> Lab:
+        clock = FakeClock(time.time() + ahead)
+        lab = await start_homelab(tmp_path / f"lab{len(labs)}", clock=clock, healthy=True)
+        pollers = lab.pollers()
+        collector = SnapshotCollector(
+            pollers, clock=clock, jobs=lab.config.jobs, assets=lab.config.assets
+        )
+        made = Lab(lab, clock, pollers, collector)
+        labs.append(made)
+        return made
+
+    yield make
+    for made in labs:
+        for poller in made.pollers:
+            await poller.source.close()
+        await made.lab.stop()
+
+
+def summary(statuses: dict[str, AssetStatus]) -> dict[str, tuple[str, int, int, str]]:
+    return {n: (s.state, s.copies, s.offsite_copies, s.reason) for n, s in statuses.items()}
+
+
+async def test_everything_fresh(make_lab: Any) -> None:
+    lab = await make_lab()
+    await lab.poll()
+    assert summary(lab.statuses()) == {
+        "infra100": ("protected", 3, 1, ""),
+        "immich": ("protected", 3, 2, ""),
+        "nextcloud": ("protected", 3, 2, ""),
+        "home-assistant": ("protected", 3, 1, ""),
+        # Manual exports, one offsite copy: the strategy's known gap stays visible.
+        "truenas-config": ("attention", 1, 1, "1 copy within rpo (3 needed)"),
+    }
+    immich = lab.statuses()["immich"]
+    assert immich.compliant and immich.media == 3
+    assert [(loc.name, loc.medium) for loc in immich.locations] == [
+        ("snapshot-truenas", "truenas"),
+        ("offsite-b2", "b2"),
+        ("offsite-storj", "storj"),
+    ]
+    # The PVE archives and HA backups sit on the NAS: with its snapshots, one medium.
+    assert lab.statuses()["infra100"].media == 2
+    assert lab.statuses()["home-assistant"].media == 2
+
+
+async def test_storj_a_week_stale(make_lab: Any) -> None:
+    lab = await make_lab(ahead=WEEK_AND_A_DAY)
+    await lab.poll()
+    assert summary(lab.statuses()) == {
+        "infra100": ("attention", 2, 0, "storj copy 8d old (rpo 8d)"),
+        "immich": ("attention", 2, 1, "storj copy 8d old (rpo 2d)"),
+        "nextcloud": ("attention", 2, 1, "storj copy 8d old (rpo 2d)"),
+        "home-assistant": ("protected", 3, 1, ""),
+        "truenas-config": ("attention", 1, 1, "1 copy within rpo (3 needed)"),
+    }
+    assert not lab.statuses()["immich"].compliant
+
+
+def b2_night(lab: Lab, night: int, prefix_index: int) -> float:
+    """When the seeding uploaded the newest object of ``prefix_index`` in ``night`` (0 oldest)."""
+    start = _daily(1, 30, now=lab.clock.time() - 2 * 3600, days=14)[night]
+    return start + 600 * (prefix_index + 1) + 60 * 2
+
+
+async def test_b2_failing_three_nights(make_lab: Any) -> None:
+    lab = await make_lab()
+    # The syncs of the last three nights failed: nothing they would have uploaded is there.
+    assert lab.lab.b2_delete_since(b2_night(lab, 11, 0) - 600) == 3 * 4 * 3
+    await lab.poll()
+    now = lab.clock.time()
+    immich_newest = b2_night(lab, 10, 0)
+    nextcloud_newest = b2_night(lab, 10, 1)
+    ha_newest = b2_night(lab, 10, 3)
+    statuses = lab.statuses()
+    assert summary(statuses) == {
+        "infra100": ("protected", 3, 1, ""),
+        "immich": ("attention", 2, 1, f"b2 copy {age_text(now - immich_newest)} old (rpo 2d)"),
+        "nextcloud": (
+            "attention",
+            2,
+            1,
+            f"b2 copy {age_text(now - nextcloud_newest)} old (rpo 2d)",
+        ),
+        "home-assistant": (
+            "attention",
+            2,
+            0,
+            f"b2 copy {age_text(now - ha_newest)} old (rpo 2d)",
+        ),
+        "truenas-config": ("attention", 1, 1, "1 copy within rpo (3 needed)"),
+    }
+    assert age_text(now - immich_newest) in ("3d", "4d")
+    b2 = next(loc for loc in statuses["immich"].locations if loc.name == "offsite-b2")
+    assert (b2.known, b2.fresh, b2.newest) == (True, False, immich_newest)
+
+
+async def test_only_local_snapshots_left(make_lab: Any) -> None:
+    lab = await make_lab(ahead=WEEK_AND_A_DAY)
+    assert lab.lab.b2_delete_since(0) == 14 * 4 * 3
+    await lab.poll()
+    assert summary(lab.statuses()) == {
+        "infra100": ("attention", 2, 0, "storj copy 8d old (rpo 8d)"),
+        "immich": ("unprotected", 1, 0, "only snapshots within rpo 2d"),
+        "nextcloud": ("unprotected", 1, 0, "only snapshots within rpo 2d"),
+        "home-assistant": ("attention", 2, 0, "no b2 copy"),
+        "truenas-config": ("unprotected", 0, 0, "no copy within rpo 8d"),
+    }
+
+
+async def test_a_source_down_is_unknown_never_success(make_lab: Any) -> None:
+    lab = await make_lab()
+    await lab.poll()
+    await lab.lab.truenas.stop()
+    await lab.poll("truenas")
+    assert not lab.collector._by_name["truenas"].state.up
+    statuses = lab.statuses()
+    assert summary(statuses) == {
+        "infra100": ("unknown", 2, 1, "source truenas down"),
+        "immich": ("unknown", 2, 2, "source truenas down"),
+        "nextcloud": ("unknown", 2, 2, "source truenas down"),
+        "home-assistant": ("unknown", 2, 1, "source truenas down"),
+        "truenas-config": ("attention", 1, 1, "1 copy within rpo (3 needed)"),
+    }
+    samples = exposition(lab.collector)
+    # No compliant series while unknown, no newest copy for the unknown location.
+    assert ("backup_asset_compliant", (("asset", "immich"),)) not in samples
+    assert samples[("backup_asset_compliant", (("asset", "truenas-config"),))] == 0
+    newest = "backup_asset_newest_copy_timestamp_seconds"
+    assert (newest, (("asset", "immich"), ("location", "snapshot-truenas"))) not in samples
+    assert (newest, (("asset", "immich"), ("location", "offsite-b2"))) in samples
+
+
+def exposition(
+    collector: SnapshotCollector,
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    text = generate_latest(registry).decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("backup_asset"):
+                out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+async def test_the_exposition_says_what_the_engine_judged(make_lab: Any) -> None:
+    lab = await make_lab(ahead=WEEK_AND_A_DAY)
+    await lab.poll()
+    statuses = lab.statuses()
+    samples = exposition(lab.collector)
+    expected: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for st in statuses.values():
+        a = (("asset", st.name),)
+        expected[("backup_asset_info", (*a, ("criticality", st.criticality)))] = 1
+        expected[("backup_asset_rpo_seconds", a)] = st.rpo
+        expected[("backup_asset_copies", a)] = st.copies
+        expected[("backup_asset_offsite_copies", a)] = st.offsite_copies
+        expected[("backup_asset_compliant", a)] = float(st.compliant)
+        for loc in st.locations:
+            key = (*a, ("location", loc.name))
+            expected[("backup_asset_newest_copy_timestamp_seconds", key)] = loc.newest or 0.0
+        for state in ("protected", "attention", "unprotected", "unknown"):
+            expected[("backup_asset_state", (*a, ("state", state)))] = float(st.state == state)
+        if st.reason:
+            expected[("backup_asset_reason_info", (*a, ("reason", st.reason)))] = 1
+        expected[("backup_asset_last_known_timestamp_seconds", a)] = lab.clock.time()
+        expected[("backup_asset_runs_expected_total", a)] = st.runs_expected
+        expected[("backup_asset_runs_met_total", a)] = st.runs_met
+        expected[("backup_asset_sla_target_ratio", a)] = 0.95
+    assert samples == expected
+    assert (
+        samples[
+            (
+                "backup_asset_reason_info",
+                (("asset", "immich"), ("reason", "storj copy 8d old (rpo 2d)")),
+            )
+        ]
+        == 1
+    )
+
+
+async def test_next_change_is_exact_on_the_homelab(make_lab: Any) -> None:
+    lab = await make_lab()
+    await lab.poll()
+
+    def judged() -> dict[str, AssetStatus]:
+        return {n: replace(s, last_known=None) for n, s in lab.statuses().items()}
+
+    before = judged()
+    change = lab.collector.asset_next_change
+    assert change is not None and change > lab.clock.time()
+    lab.clock.now = change - 0.001
+    assert judged() == before
+    lab.clock.now = change
+    assert judged() != before
+
+
+async def test_the_sla_roll_up_sums_the_jobs_feeding_the_locations(make_lab: Any) -> None:
+    lab = await make_lab()
+    await lab.poll()
+    jobs = lab.collector.job_statuses()
+    fed = {
+        (j.spec.name, j.spec.source, j.spec.labels.get("vmid", "")): replace(
+            j, runs_expected=10, runs_met=9
+        )
+        for j in jobs
+    }
+    lab.collector.job_statuses = lambda: list(fed.values())  # type: ignore[method-assign]
+    statuses = lab.statuses()
+    # infra100: the PVE job of guest 100, and Storj's sync named in the location's jobs.
+    assert (statuses["infra100"].runs_expected, statuses["infra100"].runs_met) == (20, 18)
+    # home-assistant: ha-daily (same evidence as its local location) and the B2 sync.
+    assert (statuses["home-assistant"].runs_expected, statuses["home-assistant"].runs_met) == (
+        20,
+        18,
+    )
+    # immich: the B2 and Storj syncs.
+    assert statuses["immich"].runs_expected == 20
+
+
+# ---------------------------------------------------------------- the pure rules
+
+
+def asset(*layers: tuple[str, str], rpo: float = 2 * DAY) -> AssetConfig:
+    return AssetConfig(
+        name="a",
+        rpo=rpo,
+        locations=tuple(
+            LocationConfig(
+                layer=layer,  # type: ignore[arg-type]
+                evidence={"source": source},
+                medium=source,
+                name=f"{layer}-{source}",
+            )
+            for layer, source in layers
+        ),
+    )
+
+
+THREE = asset(("snapshot", "nas"), ("local", "usb"), ("offsite", "b2"))
+T = 1_800_000_000.0
+
+
+def restored(
+    at: float = T, interval: float = DEFAULT_RESTORE_TEST_INTERVAL
+) -> list[VerificationStatus]:
+    return [
+        VerificationStatus(
+            asset="a",
+            activity="restore-test",
+            interval=interval,
+            last_pass=at,
+            last_fail=None,
+            overdue=False,
+        )
+    ]
+
+
+def fresh(newest: float = T) -> Observation:
+    return Observation(known=True, newest=newest)
+
+
+def test_rules_in_order() -> None:
+    now = T + 3600
+    ok = [fresh(), fresh(), fresh()]
+    assert judge_asset(THREE, ok, restored(), now).state == "protected"
+    down = Observation(known=False, why="source b2 down")
+    # Compliance on known evidence alone is proven; the unknown location keeps it from success.
+    four = asset(("snapshot", "nas"), ("local", "usb"), ("offsite", "b2"), ("offsite", "storj"))
+    st = judge_asset(four, [*ok, down], restored(), now)
+    assert (st.state, st.reason, st.compliant) == ("attention", "source b2 down", True)
+    # Not compliant on known evidence, and the unknown one could make it so: unknown.
+    st = judge_asset(THREE, [fresh(), fresh(), down], restored(), now)
+    assert (st.state, st.reason, st.copies) == ("unknown", "source b2 down", 2)
+    # No backup known, a backup location unknown: unknown, not unprotected.
+    st = judge_asset(THREE, [fresh(), Observation(known=True), down], restored(), now)
+    assert (st.state, st.reason) == ("unknown", "source b2 down")
+    # Nothing unknown, only the snapshot fresh: unprotected.
+    st = judge_asset(THREE, [fresh(), Observation(known=True), Observation(known=True)], [], now)
+    assert (st.state, st.reason) == ("unprotected", "only snapshots within rpo 2d")
+    old = fresh(T - 9 * DAY)
+    st = judge_asset(THREE, [old, old, old], [], now)
+    assert (st.state, st.reason, st.copies) == ("unprotected", "no copy within rpo 2d", 0)
+    # A backup exists but 3-2-1 fails: attention with the stale location's age.
+    st = judge_asset(THREE, [fresh(), fresh(), old], restored(), now)
+    assert (st.state, st.reason) == ("attention", "b2 copy 9d old (rpo 2d)")
+    # A failing run with a fresh copy: still attention.
+    failing = Observation(known=True, newest=T, failed=True, why="last run failed")
+    st = judge_asset(THREE, [fresh(), fresh(), failing], restored(), now)
+    assert (st.state, st.reason) == ("attention", "b2: last run failed")
+    # Two media needed: three copies on one medium are not enough.
+    one = asset(("snapshot", "nas"), ("local", "nas"), ("offsite", "nas"))
+    st = judge_asset(one, ok, restored(), now)
+    assert (st.state, st.reason, st.media) == ("attention", "1 medium within rpo (2 needed)", 1)
+
+
+def test_restore_tests_decide_between_protected_and_attention() -> None:
+    ok = [fresh(), fresh(), fresh()]
+    now = T + 3600
+    assert judge_asset(THREE, ok, [], now).reason == "restore never tested"
+    failed = [replace(restored()[0], last_fail=T + 1)]
+    assert judge_asset(THREE, ok, failed, now).reason == "restore test failed"
+    due = restored(T - 92 * DAY)
+    assert judge_asset(THREE, ok, due, now).reason == "restore test overdue (every 92d)"
+    other = [replace(restored()[0], activity="dr-drill")]
+    assert judge_asset(THREE, ok, other, now).reason == "restore never tested"
+
+
+def test_next_change_is_the_exact_instant_a_copy_leaves_the_rpo() -> None:
+    assets = {"a": THREE}
+    obs = {"a": [fresh(T), fresh(T + 100), fresh(T + 200)]}
+    checks = {"a": restored(T, interval=100 * DAY)}
+    now = T + DAY
+    change = next_change(assets, obs, checks, now)
+    assert change == T + 2 * DAY
+    assert judge(assets, obs, checks, change - 0.001)[0].state == "protected"
+    at = judge(assets, obs, checks, change)[0]
+    assert (at.state, at.copies, at.reason) == ("attention", 2, "nas copy 2d old (rpo 2d)")
+
+
+def test_next_change_is_the_exact_instant_a_restore_test_expires() -> None:
+    assets = {"a": THREE}
+    obs = {"a": [fresh(T), fresh(T), fresh(T)]}
+    checks = {"a": restored(T - 10 * DAY, interval=10 * DAY + 3600)}
+    change = next_change(assets, obs, checks, T)
+    assert change == T + 3600
+    assert judge(assets, obs, checks, change - 0.001)[0].state == "protected"
+    assert judge(assets, obs, checks, change)[0].reason == "restore test overdue (every 241h)"
+
+
+def test_next_change_follows_the_age_shown_in_a_reason() -> None:
+    assets = {"a": THREE}
+    obs = {"a": [fresh(T), fresh(T), fresh(T - 9 * DAY - 5)]}
+    checks = {"a": restored(T)}
+    now = T + 10
+    change = next_change(assets, obs, checks, now)
+    assert change == T - 5 + DAY  # 9d old until the copy is 10 days old, then 10d
+    assert judge(assets, obs, checks, change - 0.001)[0].reason == "b2 copy 9d old (rpo 2d)"
+    assert judge(assets, obs, checks, change)[0].reason == "b2 copy 10d old (rpo 2d)"
+    # Nothing known: nothing changes without new evidence.
+    assert next_change(assets, {"a": [Observation(known=False)] * 3}, {}, now) is None
+
+
+def test_age_text_rounds_down_in_the_largest_unit() -> None:
+    assert [age_text(s) for s in (0, 59, 60, 3599, 3600, 86399, 86400, 9.5 * DAY)] == [
+        "0m",
+        "0m",
+        "1m",
+        "59m",
+        "1h",
+        "23h",
+        "1d",
+        "9d",
+    ]
+
+
+def test_the_render_docstring_shows_every_family() -> None:
+    statuses = judge(
+        {"immich": replace(THREE, name="immich")},
+        {"immich": [fresh(), fresh(), fresh(T - 9 * DAY)]},
+        {},
+        T,
+    )
+    doc = render_module.__doc__ or ""
+    for family in render_assets(statuses):
+        suffix = "_total" if family.type == "counter" else ""
+        assert f"# TYPE {family.name}{suffix} {family.type}" in doc, family.name
+
+
+def test_unknown_at_first_judgment_counts_from_then() -> None:
+    clock = FakeClock(T)
+    collector = SnapshotCollector([], clock=clock, assets={"a": THREE})
+    first = collector.asset_statuses()[0]
+    assert (first.state, first.last_known) == ("unknown", T)
+    clock.advance(3 * DAY)
+    assert collector.asset_statuses()[0].last_known == T
+    assert first.reason == "no source nas"
+
+
+@pytest.mark.parametrize("layer", ["primary", "snapshot"])
+def test_live_data_and_snapshots_alone_are_no_backup(layer: str) -> None:
+    a = asset((layer, "nas"), ("snapshot", "nas2"), ("primary", "nas3"))
+    st = judge_asset(a, [fresh(), fresh(), fresh()], restored(), T)
+    assert st.state == "unprotected"
