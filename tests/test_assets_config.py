@@ -7,8 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from test_deploy import SECRETS
 
-from exporter.core.config import ConfigError, parse_config
+from exporter.core.config import ConfigError, load_config, parse_config
+from exporter.sim.homelab import ASSETS
 
 SOURCES = """
 sources:
@@ -24,6 +27,27 @@ sources:
 jobs:
   nas-daily: {schedule: "0 3 * * *", grace: 2h, evidence: {source: nas-copy}}
 """
+
+
+# The demo's sources, enough to validate its assets (nothing is contacted).
+SIM_SOURCES = {
+    "pve1": {
+        "kind": "proxmox",
+        "url": "https://pve.example:8006",
+        "token_id": "a@pve!b",
+        "token_secret": "s",
+    },
+    "truenas": {"kind": "truenas", "url": "wss://nas.example/api/current", "api_key": "k"},
+    "ha-backups": {"kind": "files", "path": "/tmp"},
+    "b2": {"kind": "b2", "key_id": "k", "application_key": "s", "buckets": {"homelab-b2": {}}},
+    "storj": {
+        "kind": "s3",
+        "endpoint": "https://gateway.storjshare.io",
+        "access_key_id": "a",
+        "secret_access_key": "s",
+        "buckets": {"homelab-storj": {}},
+    },
+}
 
 
 def parse(assets: str) -> object:
@@ -196,3 +220,42 @@ def test_check_config_exits_2_on_an_asset_error(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert "assets.immich.locations[0].evidence.prefix: must be a string" in proc.stderr
+
+
+def test_the_example_config_and_the_demo_ship_the_same_reference_assets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in SECRETS:
+        monkeypatch.setenv(name, f"example-{name.lower()}")
+    monkeypatch.setenv("HC_API_KEY", "k" * 32)
+    example = load_config(Path(__file__).resolve().parents[1] / "deploy" / "config.example.yml")
+    demo = parse_config(yaml.safe_dump({"sources": SIM_SOURCES, "assets": ASSETS}))
+
+    def shape(assets: object) -> dict[str, object]:
+        return {
+            name: (
+                a.rpo,
+                a.criticality,
+                [
+                    (loc.name, loc.layer, loc.medium, loc.evidence.get("prefix", ""))
+                    for loc in a.locations
+                ],
+            )
+            for name, a in assets.items()  # type: ignore[attr-defined]
+        }
+
+    assert set(example.assets) == {
+        "infra100",
+        "immich",
+        "nextcloud",
+        "home-assistant",
+        "truenas-config",
+    }
+    # The demo's prefix for the manual TrueNAS exports is truenas-config/ (reference-homelab.md).
+    expected = shape(example.assets)
+    expected["truenas-config"] = (
+        8 * 86400.0,
+        "low",
+        [("offsite-b2", "offsite", "b2", "truenas-config/")],
+    )
+    assert shape(demo.assets) == expected
