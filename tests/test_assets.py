@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -30,11 +31,18 @@ from exporter.assets.engine import (
     next_change,
 )
 from exporter.assets.model import AssetStatus, VerificationStatus
+from exporter.assets.observe import bucket_verifications, observe_job, observe_source
 from exporter.assets.render import render_assets
+from exporter.buckets.engine import bucket_evidence
+from exporter.buckets.model import BucketsSnapshot, BucketState, PrefixStats, RestoreResult
 from exporter.core.clock import FakeClock
 from exporter.core.collector import SnapshotCollector
-from exporter.core.poller import Poller
+from exporter.core.poller import Poller, PollState
+from exporter.schedule.expressions import parse_schedule
+from exporter.schedule.jobs import Evidence, JobSpec, JobStatus
 from exporter.sim.homelab import Homelab, _daily, start_homelab
+from exporter.sources.base import FetchError
+from exporter.sources.targets import TargetStatus
 
 DAY = 86400.0
 WEEK_AND_A_DAY = 8 * DAY + 3600.0
@@ -446,3 +454,122 @@ def test_live_data_and_snapshots_alone_are_no_backup(layer: str) -> None:
     a = asset((layer, "nas"), ("snapshot", "nas2"), ("primary", "nas3"))
     st = judge_asset(a, [fresh(), fresh(), fresh()], restored(), T)
     assert st.state == "unprotected"
+
+
+# ---------------------------------------------------------------- observations
+
+
+@dataclass
+class FakePoller:
+    name: str
+    state: PollState
+    source: Any
+
+
+def bucket_snapshot(*, up: bool) -> BucketsSnapshot:
+    stats = PrefixStats("immich/", 3, 300, newest=T - 60, oldest=T - DAY, listed_at=T)
+    failed = FetchError("timeout", "listing timed out")
+    return BucketsSnapshot(
+        buckets=(BucketState("homelab-b2", 6.0, (stats,), restore=None),),
+        targets=(
+            TargetStatus("bucket/homelab-b2", up=True)
+            if up
+            else TargetStatus.failed("bucket/homelab-b2", failed),
+        ),
+    )
+
+
+B2_LOC = LocationConfig(
+    layer="offsite",
+    evidence={"source": "b2", "bucket": "homelab-b2", "prefix": "immich/"},
+    medium="b2",
+    name="offsite-b2",
+)
+
+
+def b2_poller(*, up: bool = True, target_up: bool = True, polled: bool = True) -> FakePoller:
+    snapshot = bucket_snapshot(up=target_up) if polled else None
+    state = PollState(snapshot=snapshot, up=up, polled=polled)
+    return FakePoller("b2", state, SimpleNamespace(evidence=bucket_evidence))
+
+
+def test_a_location_is_known_only_while_its_source_and_target_answer() -> None:
+    assert observe_source(B2_LOC, b2_poller()) == Observation(known=True, newest=T - 60)
+    assert observe_source(B2_LOC, b2_poller(up=False)) == Observation(
+        known=False, why="source b2 down"
+    )
+    # The bucket failed alone: its last listing is kept, but it is not evidence of now.
+    assert observe_source(B2_LOC, b2_poller(target_up=False)) == Observation(
+        known=False, why="b2 bucket homelab-b2 down"
+    )
+    assert observe_source(B2_LOC, b2_poller(polled=False)).why == "source b2 not read yet"
+    other = replace(B2_LOC, evidence={**B2_LOC.evidence, "prefix": "photos/"})
+    assert observe_source(other, b2_poller()) == Observation(
+        known=False, why="b2 has no bucket=homelab-b2 prefix=photos/"
+    )
+
+
+def job_status(state: str, last_success: float | None) -> JobStatus:
+    spec = JobSpec(
+        name="cloudsync-b2-daily",
+        source="truenas",
+        schedule=parse_schedule("30 1 * * *", "Europe/Berlin"),
+        grace=8 * 3600,
+    )
+    return JobStatus(
+        spec=spec,
+        evidence=Evidence(last_success=last_success),
+        expected_start=None,
+        next_start=None,
+        start_deadline=None,
+        finish_deadline=None,
+        overdue=state == "overdue",
+        missed_start=False,
+        state=state,  # type: ignore[arg-type]
+    )
+
+
+def test_a_job_location_follows_its_job() -> None:
+    loc = LocationConfig(
+        layer="offsite",
+        evidence={"job": "cloudsync-b2-daily", "source": "truenas"},
+        medium="truenas",
+        name="offsite-truenas",
+    )
+    assert observe_job(loc, [job_status("ok", T)], {}) == Observation(known=True, newest=T)
+    assert observe_job(loc, [job_status("failed", T)], {}) == Observation(
+        known=True, newest=T, failed=True, why="job failed"
+    )
+    assert observe_job(loc, [job_status("unknown", None)], {}) == Observation(
+        known=False, why="job cloudsync-b2-daily unknown"
+    )
+    assert observe_job(loc, [], {}).why == "no job cloudsync-b2-daily"
+
+
+def test_a_bucket_restore_check_is_a_sample_restore_test_of_the_assets_it_covers() -> None:
+    ok = RestoreResult(
+        checked_at=T, success=True, result="ok", verified="sha1", duration=1, bytes=9
+    )
+    snapshot = bucket_snapshot(up=True)
+    snapshot = replace(
+        snapshot, buckets=(replace(snapshot.buckets[0], restore=ok, restore_last_success=T),)
+    )
+    poller = FakePoller("b2", PollState(snapshot=snapshot, up=True, polled=True), None)
+    covered = AssetConfig(name="immich", rpo=DAY, locations=(B2_LOC,))
+    local_only = AssetConfig(
+        name="ha", rpo=DAY, locations=(replace(B2_LOC, layer="local", name="local-b2"),)
+    )
+    found = bucket_verifications({"immich": covered, "ha": local_only}, [poller])
+    assert found == {
+        "immich": [
+            VerificationStatus(
+                asset="immich",
+                activity="restore-test",
+                interval=DEFAULT_RESTORE_TEST_INTERVAL,
+                last_pass=T,
+                last_fail=None,
+                overdue=False,
+                depth="sample",
+            )
+        ]
+    }

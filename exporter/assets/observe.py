@@ -25,6 +25,7 @@ from exporter.assets.engine import (
 from exporter.assets.model import AssetStatus, VerificationStatus
 from exporter.buckets.model import BucketsSnapshot
 from exporter.schedule.jobs import JobStatus
+from exporter.sources.targets import bucket_target, dataset_target, storage_target
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,23 @@ def observe_job(
     return Observation(known=True, newest=status.evidence.last_success, failed=failed, why=why)
 
 
+def location_targets(loc: LocationConfig) -> dict[str, str]:
+    """Return the targets (``exporter.sources.targets``) a selector reads, with their names.
+
+    A bucket location reads ``bucket/<name>``, a dataset's snapshots the dataset listing of
+    its pool (``dataset/<pool>``), a PVE guest's archives on a storage ``storage/<id>``.
+    """
+    out = {}
+    if bucket := loc.evidence.get("bucket"):
+        out[bucket_target(bucket)] = f"bucket {bucket}"
+    if dataset := loc.evidence.get("dataset"):
+        pool = dataset.split("/", 1)[0]
+        out[dataset_target(pool)] = f"dataset listing {pool}"
+    if storage := loc.evidence.get("storage"):
+        out[storage_target(storage)] = f"storage {storage}"
+    return out
+
+
 def observe_source(loc: LocationConfig, poller: PollerView | None) -> Observation:
     """Observe a source location: unknown unless the source's last poll succeeded."""
     if poller is None:
@@ -93,6 +111,11 @@ def observe_source(loc: LocationConfig, poller: PollerView | None) -> Observatio
         return Observation(known=False, why=f"source {loc.source} not read yet")
     if not state.up:
         return Observation(known=False, why=f"source {loc.source} down")
+    # A target that failed alone keeps its last listing: its evidence is not current.
+    wanted = location_targets(loc)
+    for target in getattr(state.snapshot, "targets", ()):
+        if target.target in wanted and not target.up:
+            return Observation(known=False, why=f"{loc.source} {wanted[target.target]} down")
     try:
         evidence = poller.source.evidence(state.snapshot, loc.evidence)
     except Exception:
