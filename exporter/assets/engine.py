@@ -97,33 +97,25 @@ def _label(loc: LocationConfig) -> str:
 
 
 def _location(loc: LocationConfig, obs: Observation, rpo: float, now: float) -> LocationStatus:
-    source = loc.source or loc.job
+    newest = obs.newest if obs.known else None
+    fresh = newest is not None and newest > now - rpo
     if not obs.known:
-        return LocationStatus(
-            name=loc.name,
-            layer=loc.layer,
-            medium=loc.medium,
-            source=source,
-            known=False,
-            newest=None,
-            fresh=False,
-            reason=obs.why or f"no evidence for {loc.name}",
-        )
-    fresh = obs.newest is not None and obs.newest > now - rpo
-    reason = ""
-    if obs.newest is None:
+        reason = obs.why or f"no evidence for {loc.name}"
+    elif newest is None:
         reason = f"no {_label(loc)} copy"
     elif not fresh:
-        reason = f"{_label(loc)} copy {age_text(now - obs.newest)} old (rpo {format_duration(rpo)})"
+        reason = f"{_label(loc)} copy {age_text(now - newest)} old (rpo {format_duration(rpo)})"
     elif obs.failed:
         reason = f"{_label(loc)}: {obs.why or 'last run failed'}"
+    else:
+        reason = ""
     return LocationStatus(
         name=loc.name,
         layer=loc.layer,
         medium=loc.medium,
-        source=source,
-        known=True,
-        newest=obs.newest,
+        source=loc.source or loc.job,
+        known=obs.known,
+        newest=newest,
         fresh=fresh,
         reason=reason,
     )
