@@ -32,6 +32,15 @@ The rule (the README's "Assets" section says the same, with examples):
   4. ``protected``: compliant, every location fresh and sound, a restore test passed within
      its interval. Its reason is empty.
 
+The four states follow Pulse's "protection posture" (rcourtman/Pulse, docs/RECOVERY.md at
+1cfefa783d7936993df4b5f15886aa979da43a78, "Protection posture" and "What the evidence means"):
+protected needs current evidence that nothing invalidates; attention is evidence that is
+stale, failing, incomplete or unverified where verification is expected; unprotected needs
+*complete* evidence that no qualifying protection exists; unknown is whatever cannot support
+a stronger claim ("an unknown outcome is not success"); and a recent snapshot is "a point on
+the source system", not an independent copy, so snapshots alone never make an asset protected.
+The rule itself (counting copies against 3-2-1 within the RPO) is ours.
+
 A restore test is the ``restore-test`` activity: overdue when no pass lies within its
 interval (``now >= last_pass + interval``); failed when its newest record failed. An automated
 bucket restore check counts (``observe.bucket_verifications``, depth ``sample``).
