@@ -6,11 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 from test_deploy import SECRETS
 
-from exporter.core.config import ConfigError, load_config, parse_config
+from exporter.core.config import ConfigError, config_schema, load_config, parse_config
 from exporter.sim.homelab import ASSETS
 
 SOURCES = """
@@ -259,3 +260,18 @@ def test_the_example_config_and_the_demo_ship_the_same_reference_assets(
         [("offsite-b2", "offsite", "b2", "truenas-config/")],
     )
     assert shape(demo.assets) == expected
+
+
+def test_the_schema_knows_location_evidence() -> None:
+    validator = jsonschema.Draft202012Validator(config_schema())
+
+    def doc(evidence: dict[str, object]) -> dict[str, object]:
+        return {
+            "assets": {"a": {"rpo": "2d", "locations": [{"layer": "local", "evidence": evidence}]}}
+        }
+
+    assert validator.is_valid(doc({"job": "nightly"}))
+    assert validator.is_valid(doc({"job": "cloudsync-b2-daily", "source": "truenas"}))
+    assert validator.is_valid(doc({"source": "b2", "bucket": "homelab", "prefix": "immich/"}))
+    assert not validator.is_valid(doc({"job": "nightly", "dataset": "tank"}))
+    assert not validator.is_valid(doc({"bucket": "homelab"}))

@@ -620,4 +620,17 @@ def config_schema(kinds: Mapping[str, KindSpec] | None = None) -> dict[str, Any]
             "anyOf": evidence,
             "description": "which source proves the job ran; the keys depend on its kind",
         }
+    location = defs.get("LocationConfig")
+    if location is not None:
+        by_job = {
+            "title": "job evidence",
+            "type": "object",
+            "properties": {key: {"type": "string"} for key in ("job", "source", "vmid")},
+            "required": ["job"],
+            "additionalProperties": False,
+        }
+        location["properties"]["evidence"] = {
+            "anyOf": [*evidence, by_job],
+            "description": "where the copies are seen: a job evidence selector, or {job: NAME}",
+        }
     return {"$schema": SCHEMA_DIALECT, **schema}
