@@ -106,6 +106,18 @@ EXPORTED = {
     "backup_files_newest_timestamp_seconds",
     "backup_files",
     "backup_files_size_bytes",
+    "backup_asset_info",
+    "backup_asset_rpo_seconds",
+    "backup_asset_copies",
+    "backup_asset_offsite_copies",
+    "backup_asset_newest_copy_timestamp_seconds",
+    "backup_asset_compliant",
+    "backup_asset_state",
+    "backup_asset_reason_info",
+    "backup_asset_last_known_timestamp_seconds",
+    "backup_asset_runs_expected_total",
+    "backup_asset_runs_met_total",
+    "backup_asset_sla_target_ratio",
 }
 
 _KEYWORDS = frozenset(

@@ -75,6 +75,40 @@ def test_routes(labels: list[str], receiver: str) -> None:
     assert route(*labels).stdout.strip() == receiver
 
 
+@pytest.mark.parametrize(
+    ("labels", "receiver"),
+    [
+        # Asset alerts route on the asset's criticality: high pages even at warning...
+        (["alertname=BackupAssetNoOffsiteCopy", "severity=warning", "criticality=high"], "pager"),
+        # ... low never pages, even when critical: the daily digest only ...
+        (["alertname=BackupAssetUnprotected", "severity=critical", "criticality=low"], "digest"),
+        # ... normal follows the severity.
+        (["alertname=BackupAssetUnprotected", "severity=critical", "criticality=normal"], "pager"),
+        (
+            ["alertname=BackupAssetNoOffsiteCopy", "severity=warning", "criticality=normal"],
+            "notify",
+        ),
+    ],
+)
+def test_asset_alerts_route_by_criticality(labels: list[str], receiver: str) -> None:
+    result = verify(receiver, *labels)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert route(*labels).stdout.strip() == receiver
+
+
+def test_every_asset_alert_carries_the_criticality_it_routes_on() -> None:
+    assets = [r for r in alert_rules() if r["alert"].startswith("BackupAsset")]
+    assert {r["alert"] for r in assets} >= {
+        "BackupAssetUnprotected",
+        "BackupAssetNoOffsiteCopy",
+        "BackupAssetUnknownTooLong",
+    }
+    for rule in assets:
+        assert "group_left(criticality) backup_asset_info" in rule["expr"], rule["alert"]
+    digest = next(r for r in load_config()["route"]["routes"] if r["receiver"] == "digest")
+    assert digest["repeat_interval"] == "24h"
+
+
 def test_route_verification_can_fail() -> None:
     """--verify.receivers rejects a wrong receiver (so the cases above can fail)."""
     result = verify("null", "alertname=BackupPoolUnhealthy", "severity=critical")

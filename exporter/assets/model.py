@@ -40,6 +40,11 @@ class AssetStatus:
     media: int  # distinct media among fresh locations
     compliant: bool  # 3-2-1 within the RPO
     locations: tuple[LocationStatus, ...]
+    sla_target: float = 0.95  # runs met / runs expected below which the SLA alert fires
+    runs_expected: int = 0  # summed over the jobs feeding its locations (JobStatus)
+    runs_met: int = 0
+    # The last instant it was judged other than unknown (or first judged, if never since start).
+    last_known: float | None = None
 
 
 @dataclass(frozen=True)
@@ -52,3 +57,4 @@ class VerificationStatus:
     last_pass: float | None
     last_fail: float | None
     overdue: bool  # no pass within the interval
+    depth: str = ""  # listing | sample | full | boot ("" when not said)

@@ -81,7 +81,9 @@ def create_app(
     if pollers is None:
         pollers = build_pollers(config, clock=clock, keeper=keeper)
     pollers = list(pollers)
-    collector = SnapshotCollector(pollers, clock=clock, jobs=config.jobs, keeper=keeper)
+    collector = SnapshotCollector(
+        pollers, clock=clock, jobs=config.jobs, keeper=keeper, assets=config.assets
+    )
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     app = web.Application()
@@ -143,7 +145,9 @@ def status_document(app: web.Application) -> dict[str, Any]:
             pollers=pollers,
             jobs=collector.job_statuses(),
             assets=collector.asset_statuses(),
-            verifications=collector.verification_statuses(),
+            verifications=[
+                v for by_asset in collector.verification_statuses().values() for v in by_asset
+            ],
             families=list(collector.collect()),
             history=collector.job_history(),
         )

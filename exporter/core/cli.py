@@ -228,7 +228,9 @@ async def _once(config: Config) -> tuple[bytes, bool]:
         for p in pollers:
             await p.source.close()
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(pollers, clock=clock, jobs=config.jobs))
+    registry.register(
+        SnapshotCollector(pollers, clock=clock, jobs=config.jobs, assets=config.assets)
+    )
     return generate_latest(registry), all(p.state.up for p in pollers)
 
 

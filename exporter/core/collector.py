@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -39,7 +40,10 @@ from prometheus_client.core import (
 )
 
 from exporter import __version__
+from exporter.assets.config import AssetConfig
 from exporter.assets.model import AssetStatus, VerificationStatus
+from exporter.assets.observe import judge_now
+from exporter.assets.render import render_assets
 from exporter.core.clock import Clock
 from exporter.core.config import JobConfig
 from exporter.core.poller import Poller
@@ -124,8 +128,14 @@ class SnapshotCollector:
         clock: Clock,
         jobs: Mapping[str, JobConfig] | None = None,
         keeper: StateKeeper | None = None,
+        assets: Mapping[str, AssetConfig] | None = None,
     ) -> None:
         self.pollers = pollers
+        self.assets = dict(assets or {})
+        # Asset name -> the last instant it was judged other than unknown (see asset_statuses).
+        self._asset_known: dict[str, float] = {}
+        # When the last asset judgment changes without new evidence (None: never).
+        self.asset_next_change: float | None = None
         self.clock = clock
         self.job_configs = dict(jobs or {})
         self._job_specs = config_job_specs(self.job_configs)
@@ -178,7 +188,10 @@ class SnapshotCollector:
                 log.exception("source=%s render failed", poller.name)
                 continue
             yield from _noted(families)
-        yield from _noted(render_jobs(self.job_statuses()))
+        statuses = self.job_statuses()
+        yield from _noted(render_jobs(statuses))
+        if self.assets:
+            yield from _noted(render_assets(self.asset_statuses(statuses)))
         conflicts = GaugeMetricFamily(
             "backup_job_conflicts",
             "Jobs dropped now because another job has the same labels "
@@ -225,13 +238,30 @@ class SnapshotCollector:
         self._note_conflicts(dropped)
         return [self._evaluate(spec, ev, now, known=known) for spec, ev, known, _ in kept]
 
-    def asset_statuses(self) -> list[AssetStatus]:
-        """Judge every configured asset now (the asset engine fills this in)."""
-        return []
+    def verification_statuses(self) -> Mapping[str, Sequence[VerificationStatus]]:
+        """Return the verification records' statuses by asset (none yet: records to come)."""
+        return {}
 
-    def verification_statuses(self) -> list[VerificationStatus]:
-        """Return the last verification of each activity per asset (from the records)."""
-        return []
+    def asset_statuses(self, job_statuses: Sequence[JobStatus] | None = None) -> list[AssetStatus]:
+        """Judge every asset at the clock's now (``exporter.assets.engine``; no I/O)."""
+        if not self.assets:
+            return []
+        now = self.clock.time()
+        jobs = self.job_statuses() if job_statuses is None else job_statuses
+        statuses, self.asset_next_change = judge_now(
+            self.assets,
+            pollers=self.pollers,
+            job_statuses=jobs,
+            job_evidence={name: job.evidence for name, job in self.job_configs.items()},
+            verifications=self.verification_statuses(),
+            now=now,
+        )
+        out = []
+        for status in statuses:
+            if status.state != "unknown" or status.name not in self._asset_known:
+                self._asset_known[status.name] = now
+            out.append(replace(status, last_known=self._asset_known[status.name]))
+        return out
 
     def job_history(self) -> dict[str, list[tuple[float, bool]]]:
         """Per job id (``source/name/vmid``): ``(finish deadline, met)`` of its recent runs."""

@@ -34,7 +34,7 @@ from pydantic.dataclasses import dataclass
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
-from exporter.assets.config import AssetConfig
+from exporter.assets.config import AssetConfig, check_asset_evidence
 from exporter.core.fields import (
     STRICT,
     ConfigError,
@@ -382,9 +382,10 @@ def _check_evidence(
     kinds: Mapping[str, KindSpec],
     context: Mapping[str, Any],
     found: list[tuple[Loc, str]],
+    where: Loc | None = None,
 ) -> dict[str, str]:
-    """Validate ``jobs.<job>.evidence`` against the kind of the source it names."""
-    where: Loc = ("jobs", job, "evidence")
+    """Validate ``jobs.<job>.evidence`` (or the selector at ``where``) against its source's kind."""
+    where = where or ("jobs", job, "evidence")
     if not isinstance(raw, Mapping):
         found.append((where, "must be a mapping"))
         return {}
@@ -527,8 +528,29 @@ def parse_config(
             continue
         if "name" in value:
             found.append((("assets", name, "name"), "unknown key"))
+        value = check_asset_evidence(
+            name,
+            value,
+            check=functools.partial(
+                _check_evidence,
+                name,
+                source_kinds=source_kinds,
+                kinds=kinds,
+                context=context,
+                found=found,
+            ),
+            jobs=jobs,
+            sources=source_kinds,
+            found=found,
+        )
         assets[name] = {**value, "name": name}
     doc["assets"] = assets
+    # Where a ``{job: NAME}`` location's copies live: the source its evidence names.
+    context["job_sources"] = {
+        name: str(job["evidence"].get("source", ""))
+        for name, job in jobs.items()
+        if isinstance(job.get("evidence"), Mapping)
+    }
     model = _document(_specs(kinds))
     parsed: BaseModel | None = None
     try:
@@ -597,5 +619,18 @@ def config_schema(kinds: Mapping[str, KindSpec] | None = None) -> dict[str, Any]
         job["properties"]["evidence"] = {
             "anyOf": evidence,
             "description": "which source proves the job ran; the keys depend on its kind",
+        }
+    location = defs.get("LocationConfig")
+    if location is not None:
+        by_job = {
+            "title": "job evidence",
+            "type": "object",
+            "properties": {key: {"type": "string"} for key in ("job", "source", "vmid")},
+            "required": ["job"],
+            "additionalProperties": False,
+        }
+        location["properties"]["evidence"] = {
+            "anyOf": [*evidence, by_job],
+            "description": "where the copies are seen: a job evidence selector, or {job: NAME}",
         }
     return {"$schema": SCHEMA_DIALECT, **schema}

@@ -122,6 +122,8 @@ class JobStatus:
     state: JobState = "ok"
     first_seen: float | None = None
     first_deadline: float | None = None
+    runs_expected: int = 0
+    runs_met: int = 0
 
 
 def _ts(dt: datetime | None) -> float | None:

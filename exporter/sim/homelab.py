@@ -48,7 +48,10 @@ from exporter.sources.base import Source
 TZ = "Europe/Berlin"
 B2_BUCKET = "homelab-b2"
 STORJ_BUCKET = "homelab-storj"
-PREFIXES = ("immich/", "nextcloud/", "truenas-config/")
+# B2 daily copies the application data and configs (the sync's path is all of /mnt/storage);
+# Storj weekly the photo library, Nextcloud's files and selected PVE backups.
+PREFIXES = ("immich/", "nextcloud/", "truenas-config/", "ha-backup/")
+STORJ_PREFIXES = ("immich/", "nextcloud/", "pve/")
 S3_ACCESS_KEY = "storj-access"  # moto accepts any credentials
 S3_SECRET_KEY = "storj-secret-not-real"  # noqa: S105 - a simulator's fixed credential
 
@@ -86,6 +89,7 @@ class Homelab:
     moto_port: int
     config_path: Path
     config: Config
+    b2_master: tuple[str, str] = ("", "")
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -103,6 +107,23 @@ class Homelab:
         api = B2Api(InMemoryAccountInfo(), api_config=B2HttpApiConfig(_raw_api_class=RawSimulator))
         api.session.raw_api = self.b2_sim
         return api
+
+    def b2_delete_since(self, since: float) -> int:
+        """Delete every B2 file version uploaded at or after ``since`` (syncs that failed).
+
+        Returns how many were deleted. Uses the account's master key, as an operator would.
+        """
+        api = self.b2_api()
+        api.authorize_account(*self.b2_master)
+        bucket = api.get_bucket_by_name(B2_BUCKET)
+        doomed = [
+            version
+            for version, _ in bucket.ls(latest_only=False, recursive=True)
+            if version.upload_timestamp >= since * 1000
+        ]
+        for version in doomed:
+            bucket.delete_file_version(version.id_, version.file_name)
+        return len(doomed)
 
     def source(self, cfg: SourceConfig) -> Source[Any, Any]:
         """Build one source, the B2 one bound to the simulator."""
@@ -138,7 +159,7 @@ class Homelab:
         self.moto.stop()
 
 
-def _seed_b2(now: float) -> tuple[RawSimulator, tuple[str, str]]:
+def _seed_b2(now: float) -> tuple[RawSimulator, tuple[str, str], tuple[str, str]]:
     seed = B2Api(InMemoryAccountInfo(), api_config=B2HttpApiConfig(_raw_api_class=RawSimulator))
     sim = seed.session.raw_api
     account, master = sim.create_account()
@@ -156,7 +177,7 @@ def _seed_b2(now: float) -> tuple[RawSimulator, tuple[str, str]]:
                 stamp = int((start + 600 * (p + 1) + 60 * i) * 1000)
                 bucket.upload_bytes(data, name, custom_upload_timestamp=stamp)
     key = seed.create_key(["listBuckets", "listFiles", "readFiles"], "exporter")
-    return sim, (key.id_, key.application_key)
+    return sim, (key.id_, key.application_key), (account, master)
 
 
 def _seed_s3(port: int) -> None:
@@ -170,7 +191,7 @@ def _seed_s3(port: int) -> None:
     )
     client.create_bucket(Bucket=STORJ_BUCKET)
     rng = random.Random(2)  # noqa: S311 - deterministic fake data
-    for prefix in PREFIXES[:2]:
+    for prefix in STORJ_PREFIXES:
         for i in range(5):
             client.put_object(
                 Bucket=STORJ_BUCKET, Key=f"{prefix}weekly-{i}.bin", Body=rng.randbytes(4096 + i)
@@ -262,13 +283,14 @@ def config_document(lab: dict[str, Any], *, secrets: Path) -> dict[str, Any]:
                 "timeout": "30s",
                 "buckets": {
                     STORJ_BUCKET: {
-                        "prefixes": list(PREFIXES[:2]),
+                        "prefixes": list(STORJ_PREFIXES),
                         "interval": "5m",
                         "restore_check": {"interval": "1h", "max_bytes": "1MiB"},
                     }
                 },
             },
         },
+        "assets": ASSETS,
         "jobs": {
             "ha-daily": {
                 "schedule": "0 3 * * *",
@@ -282,6 +304,69 @@ def config_document(lab: dict[str, Any], *, secrets: Path) -> dict[str, Any]:
             },
         },
     }
+
+
+def _b2(prefix: str) -> dict[str, Any]:
+    return {
+        "layer": "offsite",
+        "evidence": {"source": "b2", "bucket": B2_BUCKET, "prefix": prefix},
+        "jobs": ["cloudsync-b2-daily"],
+    }
+
+
+def _storj(prefix: str) -> dict[str, Any]:
+    return {
+        "layer": "offsite",
+        "evidence": {"source": "storj", "bucket": STORJ_BUCKET, "prefix": prefix},
+        "jobs": ["cloudsync-storj-weekly"],
+    }
+
+
+def _snapshots(dataset: str) -> dict[str, Any]:
+    return {"layer": "snapshot", "evidence": {"source": "truenas", "dataset": dataset}}
+
+
+#: The reference homelab's assets (docs/reference-homelab.md, "Layers"): where each one's
+#: copies live. The PVE archives and the Home Assistant backups sit on the NAS (NFS, SMB),
+#: so their medium is ``truenas``; the snapshots of a dataset share its medium.
+ASSETS: dict[str, Any] = {
+    "infra100": {
+        # Its only offsite copy is the weekly Storj sync: an RPO shorter than a week would
+        # make it non-compliant five days out of seven.
+        "rpo": "8d",
+        "criticality": "high",
+        "locations": [
+            {"layer": "local", "evidence": {"source": "pve1", "vmid": "100"}, "medium": "truenas"},
+            _snapshots("storage/backups/proxmox"),
+            _storj("pve/"),
+        ],
+    },
+    "immich": {
+        "rpo": "2d",
+        "criticality": "high",
+        "locations": [_snapshots("storage/immich"), _b2("immich/"), _storj("immich/")],
+    },
+    "nextcloud": {
+        "rpo": "2d",
+        "criticality": "high",
+        "locations": [_snapshots("storage/nextcloud"), _b2("nextcloud/"), _storj("nextcloud/")],
+    },
+    "home-assistant": {
+        "rpo": "2d",
+        "criticality": "normal",
+        "locations": [
+            {"layer": "local", "evidence": {"source": "ha-backups"}, "medium": "truenas"},
+            _snapshots("storage/ha-backup"),
+            _b2("ha-backup/"),
+        ],
+    },
+    # Manual exports (a known gap): one offsite copy, so never 3-2-1 compliant.
+    "truenas-config": {
+        "rpo": "8d",
+        "criticality": "low",
+        "locations": [_b2("truenas-config/")],
+    },
+}
 
 
 def _write_secret(path: Path, value: str) -> None:
@@ -323,7 +408,7 @@ async def start_homelab(
             if dataset.quota:
                 dataset.quota = 500 * 2**30
     truenas = await start_fake_truenas(nas, port=truenas_port)
-    b2_sim, b2_key = _seed_b2(now)
+    b2_sim, b2_key, b2_master = _seed_b2(now)
     moto_port = moto_port or _free_port()
     # moto's werkzeug server logs every request; only its errors are worth seeing.
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
@@ -364,6 +449,7 @@ async def start_homelab(
         healthchecks=hc,
         b2_sim=b2_sim,
         b2_key=b2_key,
+        b2_master=b2_master,
         moto=moto,
         moto_port=moto_port,
         config_path=config_path,
