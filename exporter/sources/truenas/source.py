@@ -57,6 +57,8 @@ from exporter.core.config import (
     zone_or_none,
 )
 from exporter.core.tls import ClientSSL
+from exporter.policy.checks import truenas_results
+from exporter.policy.render import render_policy
 from exporter.schedule.expressions import Schedule, ScheduleError, parse_schedule
 from exporter.schedule.jobs import Evidence, JobSpec
 from exporter.schedule.threshold import ThresholdSchedule
@@ -79,12 +81,13 @@ from exporter.sources.truenas.client import (
 )
 from exporter.sources.truenas.config import SPEC as SPEC  # noqa: PLC0414 - re-export
 from exporter.sources.truenas.config import TrueNASConfig
-from exporter.sources.truenas.model import CloudSyncTask, PoolScrub, TrueNASSnapshot
+from exporter.sources.truenas.model import CloudSyncTask, NfsShare, PoolScrub, TrueNASSnapshot
 from exporter.sources.truenas.parse import (
     SnapshotFold,
     detect_version,
     parse_cloudsync,
     parse_datasets,
+    parse_nfs_shares,
     parse_pools,
     parse_scrub_tasks,
     parse_smart_results,
@@ -282,6 +285,13 @@ class TrueNASSource(Source[TrueNASConfig, TrueNASSnapshot]):
             raw = await client.call("cloudsync.query", [], {})
             with parsing("cloudsync.query"):
                 cloudsync = parse_cloudsync(raw, remembered_cloudsync(ctx.memory))
+
+            # Only when a policy checks who may mount a share (the policy: section).
+            nfs: list[NfsShare] | None = None
+            if any(rule.kind == "nfs_export" for rule in self.policies):
+                raw = await client.call("sharing.nfs.query", [], {})
+                with parsing("sharing.nfs.query"):
+                    nfs = parse_nfs_shares(raw)
         finally:
             await client.close()
 
@@ -312,6 +322,7 @@ class TrueNASSource(Source[TrueNASConfig, TrueNASSnapshot]):
             smart=None if smart is None else tuple(smart),
             cloudsync=tuple(cloudsync),
             scrub_tasks=tuple(scrub_tasks),
+            nfs_shares=None if nfs is None else tuple(nfs),
         )
 
     async def _datasets(
@@ -368,6 +379,8 @@ class TrueNASSource(Source[TrueNASConfig, TrueNASSnapshot]):
         """Render storage (shared families), cloud-sync tasks and the release."""
         yield from render_snapshot(self.name, snapshot)
         yield from render_targets(self.name, self.kind, snapshot.targets)
+        if self.policies:
+            yield from render_policy(self.name, truenas_results(self.policies, snapshot))
 
     # ---- jobs
 
