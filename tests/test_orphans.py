@@ -261,9 +261,7 @@ async def test_disabled_since_survives_a_restart(
     try:
         state = await poller.poll_once()
         assert state.error is None
-        got = samples(
-            generate_latest(_registry(SnapshotCollector([poller], clock=clock))).decode()
-        )
+        got = samples(generate_latest(_registry(SnapshotCollector([poller], clock=clock))).decode())
         job = {"backup_job": "backup-infra-daily"}
         assert got[key("backup_pve_job_disabled_since_timestamp_seconds", **job)] == disabled_at
         assert got[key("backup_pve_job_disabled_too_long", **job)] == 1

@@ -117,10 +117,15 @@ def _quota(rule: QuotaPolicy, snap: TrueNASSnapshot) -> PolicyResult:
 
 
 def _allowed(entry: str) -> str:
+    """Normalize a host or network: ``10.0.0.7/24`` to ``10.0.0.0/24``, ``/32`` to the address."""
+    text = entry.strip()
     try:
-        return str(ipaddress.ip_network(entry, strict=False))
+        network = ipaddress.ip_network(text, strict=False)
     except ValueError:
-        return entry.strip().lower()
+        return text.lower()  # a host name (TrueNAS resolves it when it writes the exports)
+    if network.prefixlen == network.max_prefixlen:
+        return str(network.network_address)
+    return str(network)
 
 
 def _nfs(rule: NfsExportPolicy, snap: TrueNASSnapshot) -> PolicyResult:
