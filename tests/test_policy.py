@@ -7,6 +7,7 @@ The policies reach the sources the way the exporter wires them (``build_pollers`
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from exporter.core.poller import Poller
 from exporter.policy.checks import format_bytes, format_retention
 from exporter.policy.model import PolicyResult
 from exporter.policy.render import label_text, render_policy
+from exporter.sim.homelab import start_homelab
 from exporter.sim.pve import FakePVE, PVEScenario, start_fake_pve
 from exporter.sim.pve import homelab as pve_homelab
 from exporter.sim.truenas import GIB, FakeTrueNAS, TrueNASScenario, start_fake_truenas
@@ -423,3 +425,36 @@ def test_formats() -> None:
     assert format_bytes(150 * GIB) == "150 GiB"
     assert format_bytes(0) == "none"
     assert format_bytes(1536) == "1.50 KiB"
+
+
+# ---------------------------------------------------------------------------------- the demo
+
+
+@pytest.mark.parametrize("healthy", [False, True])
+async def test_the_homelab_shows_one_drifted_policy(tmp_path: Path, healthy: bool) -> None:
+    """The demo's homelab: the PVE backup export opened to the LAN; the healthy lab: none."""
+    clock = FakeClock(START)
+    lab = await start_homelab(tmp_path / "lab", clock=clock, healthy=healthy)
+    try:
+        pollers = [p for p in lab.pollers() if p.name in ("pve1", "truenas")]
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(SnapshotCollector(pollers, clock=clock))
+        for poller in pollers:
+            state = await poller.poll_once()
+            assert state.error is None, state.error
+        got = samples(generate_latest(registry).decode())
+        for poller in pollers:
+            await poller.source.close()
+    finally:
+        await lab.stop()
+    verdicts = {
+        (dict(k[1])["policy"], dict(k[1])["target"]): v
+        for k, v in got.items()
+        if k[0] == "backup_policy_ok"
+    }
+    # retention, quota, the share, both tasks' encryption and schedules
+    assert len(verdicts) == 7
+    expected_drift = {} if healthy else {("nfs_export", SHARE): (PVE1, f"192.168.178.0/24,{PVE1}")}
+    assert drifts(got) == expected_drift
+    assert verdicts[("nfs_export", SHARE)] == (1 if healthy else 0)
+    assert sum(verdicts.values()) == 7 - (0 if healthy else 1)
