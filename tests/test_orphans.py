@@ -6,6 +6,7 @@ long (remembered across a restart) and a run longer than its max_duration.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from exporter.core.state import StateKeeper
 from exporter.sim.pve import FakeGuest, FakeJob, FakePVE, PVEScenario, homelab, start_fake_pve
 from exporter.sources.proxmox.jobs import covered_guests
 from exporter.sources.proxmox.model import BackupJob, Guest
+from exporter.sources.proxmox.responses import parse_jobs
 from exporter.sources.proxmox.source import SPEC, ProxmoxSource
 from tests.test_proxmox import Samples, samples
 
@@ -129,6 +131,28 @@ def test_covered_guests_follows_get_included_guests() -> None:
     on_node = BackupJob(**{**base.__dict__, "all": True, "node": "pve1"})
     assert ids(on_node) == [100, 101]
     assert ids(on_node, templates=True) == [100, 101, 103]
+
+
+INCLUDED = json.loads(
+    (Path(__file__).parent / "fixtures" / "proxmox" / "vzdump_guest_included_test.json").read_text()
+)
+
+
+@pytest.mark.parametrize("case", INCLUDED["tests"], ids=lambda c: str(c["name"]))
+def test_covered_guests_matches_pve_managers_test_cases(case: dict[str, Any]) -> None:
+    """pve-manager's own get_included_guests cases, the job read as /cluster/backup sends it."""
+    members = set(INCLUDED["pools"]["testpool"])
+    guests = [
+        Guest(int(vmid), "", g["node"], g["type"], pool="testpool" if int(vmid) in members else "")
+        for vmid, g in INCLUDED["vmlist"].items()
+    ]
+    (job,) = parse_jobs([{"id": "t", "type": "vzdump", "schedule": "21:00", **case["param"]}])
+    by_node: dict[str, list[int]] = {}
+    for g in covered_guests(job, guests):
+        by_node.setdefault(g.node, []).append(g.vmid)
+    # vmids PVE lists under '' are not guests of the cluster: nothing to cover.
+    expected = {node: sorted(v) for node, v in case["expected"].items() if node}
+    assert by_node == expected
 
 
 # ------------------------------------------------------------------------------- orphans

@@ -192,6 +192,10 @@ async def test_nfs_share_without_hosts_is_open_to_everyone(
     nas_scenario.nfs_shares[0].hosts = []
     got = await nas_polled.scrape()
     assert drifts(got)[("nfs_export", SHARE)] == (PVE1, "*")
+    # "*" as a host says the same (truenas/middleware tests/api2/test_300_nfs.py accepts it).
+    nas_scenario.nfs_shares[0].hosts = ["*"]
+    got = await nas_polled.scrape()
+    assert drifts(got)[("nfs_export", SHARE)] == (PVE1, "*")
     # A second share of the same path that is open counts too.
     nas_scenario.nfs_shares[0].hosts = [PVE1]
     nas_scenario.nfs_shares.append(FakeNfsShare(2, SHARE + "/", comment="someone's test"))
