@@ -19,7 +19,8 @@ from exporter.core.clock import FakeClock
 from exporter.core.collector import SnapshotCollector
 from exporter.core.config import Config, ConfigError, parse_config
 from exporter.core.poller import Poller
-from exporter.policy.checks import format_bytes, format_retention
+from exporter.policy.checks import format_bytes, format_retention, truenas_results
+from exporter.policy.config import CloudSyncSchedulePolicy
 from exporter.policy.model import PolicyResult
 from exporter.policy.render import label_text, render_policy
 from exporter.sim.homelab import start_homelab
@@ -31,6 +32,7 @@ from exporter.sim.truenas.scenario import FakeNfsShare
 from exporter.sources.proxmox.config import SPEC as PVE_SPEC
 from exporter.sources.proxmox.retention import parse_retention
 from exporter.sources.truenas.config import SPEC as TRUENAS_SPEC
+from exporter.sources.truenas.model import CloudSyncTask, TrueNASSnapshot
 from tests.test_proxmox import Samples, exposition, samples
 
 START = 1_780_000_000.0
@@ -207,6 +209,21 @@ async def test_nfs_share_without_hosts_is_open_to_everyone(
     assert got[ok_key("nfs_export", SHARE)] == 1
 
 
+async def test_nfs_shares_refused_leave_the_policy_unknown(
+    nas_polled: Polled, nas_scenario: TrueNASScenario, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A key without SHARING_NFS_READ: the poll goes on, the share policy is unknown (not 1).
+    nas_scenario.denied_methods.add("sharing.nfs.query")
+    got = await nas_polled.scrape()
+    await nas_polled.scrape()
+    assert ok_key("nfs_export", SHARE) not in got
+    assert got[ok_key("encryption", "B2 daily")] == 1
+    assert got[key("backup_source_up", "nas", kind="truenas")] == 1
+    refusals = [r for r in caplog.records if "cannot read NFS shares" in r.getMessage()]
+    assert len(refusals) == 1  # logged once
+    assert nas_scenario.api_key not in caplog.text
+
+
 async def test_nfs_share_gone_drifts_as_missing(
     nas_polled: Polled, nas_scenario: TrueNASScenario
 ) -> None:
@@ -253,7 +270,7 @@ async def test_cloudsync_schedule_moved_drifts(
     got = await nas_polled.scrape()
     assert got[ok_key("cloudsync_schedule", "B2 daily")] == 0
     assert drifts(got)[("cloudsync_schedule", "B2 daily")] == ("30 1 * * *", "30 4 * * *")
-    # TrueNAS's dow 7 is Sunday, like cron's 0: the same schedule.
+    # Moved to Sunday (TrueNAS's dow 7): not the documented Wednesday.
     nas_scenario.task("Storj weekly").schedule["dow"] = "7"
     got = await nas_polled.scrape()
     assert got[ok_key("cloudsync_schedule", "Storj weekly")] == 0
@@ -462,3 +479,31 @@ async def test_the_homelab_shows_one_drifted_policy(tmp_path: Path, healthy: boo
     assert drifts(got) == expected_drift
     assert verdicts[("nfs_export", SHARE)] == (1 if healthy else 0)
     assert sum(verdicts.values()) == 7 - (0 if healthy else 1)
+
+
+def test_schedule_compares_by_starts_in_the_nas_zone() -> None:
+    # TrueNAS's dow 7 is Sunday, as cron's 0 is: the same starts, no drift.
+    task = CloudSyncTask(
+        id=3,
+        task="weekly",
+        enabled=True,
+        schedule="0 5 * * 7",
+        provider="B2",
+        bucket="b",
+        direction="PUSH",
+        transfer_mode="SYNC",
+        encrypted=True,
+    )
+    snap = TrueNASSnapshot(
+        version="25.04", fetched_at=START, timezone="Europe/Berlin", cloudsync=(task,)
+    )
+
+    def result(schedule: str) -> PolicyResult:
+        rule = CloudSyncSchedulePolicy(source="nas", task="weekly", schedule=schedule)
+        (out,) = truenas_results([rule], snap)
+        return out
+
+    assert result("0 5 * * 0").ok is True
+    assert result("00 05 * * sun").ok is True
+    assert result("0 5 * * 6").ok is False
+    assert result("0 5 * * 6").actual == "0 5 * * 7"

@@ -220,6 +220,7 @@ class TrueNASSource(Source[TrueNASConfig, TrueNASSnapshot]):
         # The last dataset listing (and pool creation times), kept while the listing fails.
         self._last_datasets: tuple[list[DatasetInfo], dict[str, float]] = ([], {})
         self._ssl = ClientSSL(TLSConfig(verify=config.verify_tls, ca_file=config.ca_file))
+        self._nfs_refused = ""  # the reason sharing.nfs.query was last refused (logged once)
 
     async def fetch(self, ctx: FetchContext) -> TrueNASSnapshot:
         """Log in, read everything, fold it into a snapshot and update the memories."""
@@ -289,9 +290,7 @@ class TrueNASSource(Source[TrueNASConfig, TrueNASSnapshot]):
             # Only when a policy checks who may mount a share (the policy: section).
             nfs: list[NfsShare] | None = None
             if any(rule.kind == "nfs_export" for rule in self.policies):
-                raw = await client.call("sharing.nfs.query", [], {})
-                with parsing("sharing.nfs.query"):
-                    nfs = parse_nfs_shares(raw)
+                nfs = await self._nfs_shares(client)
         finally:
             await client.close()
 
@@ -324,6 +323,30 @@ class TrueNASSource(Source[TrueNASConfig, TrueNASSnapshot]):
             scrub_tasks=tuple(scrub_tasks),
             nfs_shares=None if nfs is None else tuple(nfs),
         )
+
+    async def _nfs_shares(self, client: ApiClient) -> list[NfsShare] | None:
+        """Read the NFS shares; ``None`` (the policy unknown) when the key may not read them.
+
+        A key without ``SHARING_NFS_READ`` must not take the whole source down for one
+        policy: the rest of the poll goes on, the refusal is logged once per reason.
+        """
+        try:
+            raw = await client.call("sharing.nfs.query", [], {})
+        except FetchError as exc:
+            if exc.reason in API_DOWN_REASONS:
+                raise
+            if self._nfs_refused != exc.reason:
+                log.warning(
+                    "source=%s cannot read NFS shares (%s), nfs_export policies are unknown: %s",
+                    self.name,
+                    exc.reason,
+                    exc.message,
+                )
+            self._nfs_refused = exc.reason
+            return None
+        self._nfs_refused = ""
+        with parsing("sharing.nfs.query"):
+            return parse_nfs_shares(raw)
 
     async def _datasets(
         self, client: ApiClient, snapshot_method: str
