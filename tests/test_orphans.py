@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
+from test_proxmox import START, Samples, config_text, key, samples
 
 from exporter.core.app import POLLERS, create_app
 from exporter.core.clock import FakeClock
@@ -26,31 +27,14 @@ from exporter.sources.proxmox.jobs import covered_guests
 from exporter.sources.proxmox.model import BackupJob, Guest
 from exporter.sources.proxmox.responses import parse_jobs
 from exporter.sources.proxmox.source import SPEC, ProxmoxSource
-from tests.test_proxmox import Samples, samples
 
-START = 1_780_000_000.0  # 2026-05-28 22:26:40 in Berlin, after that day's 21:00 run
 DAY = 86400.0
 KINDS = {"proxmox": SPEC}
 NFS = "truenas-backups"
 
 
 def config(fake: FakePVE, **extra: Any) -> Config:
-    source = {
-        "kind": "proxmox",
-        "url": fake.url,
-        "token_id": fake.token_id,
-        "token_secret": fake.token_secret,
-        "ca_file": fake.ca_file,
-        "timezone": "Europe/Berlin",
-        "interval": "5m",
-        "timeout": "5s",
-        **extra,
-    }
-    return parse_config(yaml.safe_dump({"sources": {"pve1": source}}), kinds=KINDS)
-
-
-def key(metric: str, **labels: str) -> tuple[str, frozenset[tuple[str, str]]]:
-    return metric, frozenset({"source": "pve1", **labels}.items())
+    return parse_config(config_text(fake, **extra), kinds=KINDS)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
+from test_proxmox import Samples, config_text, exposition, samples
 
 from exporter.core.app import build_pollers
 from exporter.core.clock import FakeClock
@@ -33,7 +34,6 @@ from exporter.sources.proxmox.config import SPEC as PVE_SPEC
 from exporter.sources.proxmox.retention import parse_retention
 from exporter.sources.truenas.config import SPEC as TRUENAS_SPEC
 from exporter.sources.truenas.model import CloudSyncTask, TrueNASSnapshot
-from tests.test_proxmox import Samples, exposition, samples
 
 START = 1_780_000_000.0
 KINDS = {"proxmox": PVE_SPEC, "truenas": TRUENAS_SPEC}
@@ -306,19 +306,8 @@ async def pve(pve_scenario: PVEScenario) -> AsyncIterator[FakePVE]:
 def pve_config(
     fake: FakePVE, prune: str = "keep-last=14", job: str = "backup-infra-daily"
 ) -> Config:
-    doc = {
-        "sources": {
-            "pve1": {
-                "kind": "proxmox",
-                "url": fake.url,
-                "token_id": fake.token_id,
-                "token_secret": fake.token_secret,
-                "ca_file": fake.ca_file,
-                "timezone": "Europe/Berlin",
-            }
-        },
-        "policy": {"retention": [{"source": "pve1", "job": job, "prune_backups": prune}]},
-    }
+    doc = yaml.safe_load(config_text(fake))
+    doc["policy"] = {"retention": [{"source": "pve1", "job": job, "prune_backups": prune}]}
     return parse_config(yaml.safe_dump(doc), kinds=KINDS)
 
 

@@ -22,7 +22,7 @@ successful poll of its source, on what that poll read anyway (the TrueNAS source
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import field_validator
 from pydantic.dataclasses import dataclass
@@ -42,10 +42,26 @@ POLICY_SOURCE_KIND: Mapping[str, str] = {
 
 
 @dataclass(frozen=True, kw_only=True, config=STRICT)
-class RetentionPolicy(ConfigSection):
+class _Policy(ConfigSection):
+    """What every policy has: a ``source``, its ``kind`` and the field naming its target."""
+
+    kind: ClassVar[PolicyKind]
+    target_key: ClassVar[str]
+    source: Text
+
+    @property
+    def target(self) -> str:
+        """The ``target`` label: the job, dataset, share path or task the policy is about."""
+        return str(getattr(self, self.target_key))
+
+
+@dataclass(frozen=True, kw_only=True, config=STRICT)
+class RetentionPolicy(_Policy):
     """A PVE job keeps what ``prune_backups`` says (PVE's own ``keep-*`` property string)."""
 
-    source: Text
+    kind: ClassVar[PolicyKind] = "retention"
+    target_key: ClassVar[str] = "job"
+
     job: Text
     prune_backups: Text
 
@@ -60,41 +76,25 @@ class RetentionPolicy(ConfigSection):
             raise problem(f"{exc} (expected e.g. keep-last=14,keep-weekly=4)") from None
         return value
 
-    @property
-    def kind(self) -> PolicyKind:
-        """The policy label."""
-        return "retention"
-
-    @property
-    def target(self) -> str:
-        """The target label."""
-        return self.job
-
 
 @dataclass(frozen=True, kw_only=True, config=STRICT)
-class QuotaPolicy(ConfigSection):
+class QuotaPolicy(_Policy):
     """A dataset has exactly this ``quota`` (ZFS ``quota``: the dataset and its descendants)."""
 
-    source: Text
+    kind: ClassVar[PolicyKind] = "quota"
+    target_key: ClassVar[str] = "dataset"
+
     dataset: Text
     quota: Size
 
-    @property
-    def kind(self) -> PolicyKind:
-        """The policy label."""
-        return "quota"
-
-    @property
-    def target(self) -> str:
-        """The target label."""
-        return self.dataset
-
 
 @dataclass(frozen=True, kw_only=True, config=STRICT)
-class NfsExportPolicy(ConfigSection):
+class NfsExportPolicy(_Policy):
     """Only these hosts and networks may mount the share at ``path`` (order does not matter)."""
 
-    source: Text
+    kind: ClassVar[PolicyKind] = "nfs_export"
+    target_key: ClassVar[str] = "path"
+
     path: Text
     hosts: StrList = ()
     networks: StrList = ()
@@ -104,41 +104,25 @@ class NfsExportPolicy(ConfigSection):
         if not self.hosts and not self.networks:
             yield "hosts", "list the hosts or networks the share is restricted to"
 
-    @property
-    def kind(self) -> PolicyKind:
-        """The policy label."""
-        return "nfs_export"
-
-    @property
-    def target(self) -> str:
-        """The target label."""
-        return self.path
-
 
 @dataclass(frozen=True, kw_only=True, config=STRICT)
-class EncryptionPolicy(ConfigSection):
+class EncryptionPolicy(_Policy):
     """A cloud-sync task (its description) has encryption on (or off, ``encrypted: false``)."""
 
-    source: Text
+    kind: ClassVar[PolicyKind] = "encryption"
+    target_key: ClassVar[str] = "task"
+
     task: Text
     encrypted: Bool = True
 
-    @property
-    def kind(self) -> PolicyKind:
-        """The policy label."""
-        return "encryption"
-
-    @property
-    def target(self) -> str:
-        """The target label."""
-        return self.task
-
 
 @dataclass(frozen=True, kw_only=True, config=STRICT)
-class CloudSyncSchedulePolicy(ConfigSection):
+class CloudSyncSchedulePolicy(_Policy):
     """A cloud-sync task runs on this five-field cron ``schedule`` (TrueNAS's own fields)."""
 
-    source: Text
+    kind: ClassVar[PolicyKind] = "cloudsync_schedule"
+    target_key: ClassVar[str] = "task"
+
     task: Text
     schedule: Text
 
@@ -154,16 +138,6 @@ class CloudSyncSchedulePolicy(ConfigSection):
         except ScheduleError as exc:
             raise problem(str(exc)) from None
         return value
-
-    @property
-    def kind(self) -> PolicyKind:
-        """The policy label."""
-        return "cloudsync_schedule"
-
-    @property
-    def target(self) -> str:
-        """The target label."""
-        return self.task
 
 
 PolicyRule = (
