@@ -16,7 +16,7 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from test_proxmox import START, Samples, config_text, key, samples
 
-from exporter.core.app import POLLERS, create_app
+from exporter.core.app import COLLECTOR, POLLERS, create_app
 from exporter.core.clock import FakeClock
 from exporter.core.collector import SnapshotCollector
 from exporter.core.config import Config, ConfigError, parse_config
@@ -276,6 +276,30 @@ async def test_disabled_since_survives_a_restart(
     finally:
         await keeper2.close()
         await poller.source.close()
+
+
+async def test_max_duration_is_served_after_a_restart_before_the_first_poll(
+    fake: FakePVE, clock: FakeClock, tmp_path: Path
+) -> None:
+    cfg = config(fake, job_max_duration="1h")
+    keeper = StateKeeper(tmp_path / "state.db")
+    app = create_app(cfg, clock=clock, run_pollers=False, keeper=keeper)
+    assert (await app[POLLERS][0].poll_once()).error is None
+    before = samples(generate_latest(_registry(app[COLLECTOR])).decode())
+    await keeper.close()
+    await app[POLLERS][0].source.close()
+
+    keeper2 = StateKeeper(tmp_path / "state.db")
+    app2 = create_app(cfg, clock=clock, run_pollers=False, keeper=keeper2)
+    try:
+        after = samples(generate_latest(_registry(app2[COLLECTOR])).decode())
+    finally:
+        await keeper2.close()
+        await app2[POLLERS][0].source.close()
+    job = {"backup_job": "backup-infra-daily", "vmid": "100"}
+    for name in ("backup_job_max_duration_seconds", "backup_job_over_max_duration"):
+        assert after[key(name, **job)] == before[key(name, **job)], name
+    assert after[key("backup_job_max_duration_seconds", **job)] == 3600
 
 
 def _registry(collector: SnapshotCollector) -> CollectorRegistry:
