@@ -51,7 +51,7 @@ def build_pollers(
     memories = keeper.memories if keeper is not None else {}
     return [
         Poller(
-            factory(cfg),
+            with_policies(factory(cfg), config),
             clock=clock,
             last_success=results[cfg.name].taken_at if cfg.name in results else None,
             memory=memories.setdefault(cfg.name, {}) if keeper is not None else None,
@@ -60,6 +60,12 @@ def build_pollers(
         )
         for cfg in config.sources.values()
     ]
+
+
+def with_policies(source: Source[Any, Any], config: Config) -> Source[Any, Any]:
+    """Hand ``source`` the ``policy:`` rules checked on its polls."""
+    source.policies = config.policy.for_source(source.name)
+    return source
 
 
 def create_app(

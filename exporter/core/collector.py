@@ -78,6 +78,7 @@ def config_job_specs(jobs: Mapping[str, JobConfig]) -> list[JobSpec]:
             schedule=parse_schedule(job.schedule, job.timezone),
             grace=job.grace,
             start_grace=job.start_grace,
+            max_duration=job.max_duration,
         )
         for job in jobs.values()
     ]

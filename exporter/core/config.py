@@ -55,6 +55,7 @@ from exporter.core.fields import (
     problem,
     zone_or_none,
 )
+from exporter.policy.config import PolicyConfig, policy_problems
 
 __all__ = [
     "Config",
@@ -242,6 +243,8 @@ class JobConfig(ConfigSection):
     schedule: Text
     grace: Duration
     start_grace: Duration | None = None
+    # A run longer than this is backup_job_over_max_duration 1 (evidence that records runs).
+    max_duration: Duration | None = None
     evidence: Mapping[str, str]
 
     @field_validator("schedule")
@@ -273,6 +276,7 @@ class Config:
     sources: Mapping[str, SourceConfig] = field(default_factory=dict)
     jobs: Mapping[str, JobConfig] = field(default_factory=dict)
     assets: Mapping[str, AssetConfig] = field(default_factory=dict)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
 
 
 @dataclass(frozen=True)
@@ -339,6 +343,7 @@ def _document(specs: tuple[tuple[str, KindSpec], ...]) -> type[BaseModel]:
         sources=(dict[str, source], {}),
         jobs=(dict[str, JobConfig], {}),
         assets=(dict[str, AssetConfig], {}),
+        policy=(PolicyConfig, PolicyConfig()),
     )
     return model
 
@@ -564,6 +569,7 @@ def parse_config(
             found.append((loc, phrase(error)))
     if parsed is not None:
         found.extend(_job_name_clashes(getattr(parsed, "jobs", {}), getattr(parsed, "sources", {})))
+        found.extend(policy_problems(getattr(parsed, "policy", PolicyConfig()), source_kinds))
     if found:
         raise ConfigError([f"{_where(loc)}: {message}" for loc, message in dict.fromkeys(found)])
     assert parsed is not None
@@ -573,6 +579,7 @@ def parse_config(
         sources=getattr(parsed, "sources", {}),
         jobs=getattr(parsed, "jobs", {}),
         assets=getattr(parsed, "assets", {}),
+        policy=getattr(parsed, "policy", PolicyConfig()),
     )
 
 

@@ -64,6 +64,7 @@ def encode_job(spec: JobSpec, evidence: Evidence) -> dict[str, Any]:
         "grace": spec.grace,
         "start_grace": spec.start_grace,
         "labels": dict(spec.labels),
+        "max_duration": spec.max_duration,
         "evidence": asdict(evidence),
     }
 
@@ -80,6 +81,7 @@ def decode_job(data: Mapping[str, Any]) -> tuple[JobSpec, Evidence] | None:
             grace=float(data["grace"]),
             start_grace=None if data["start_grace"] is None else float(data["start_grace"]),
             labels={str(k): str(v) for k, v in data["labels"].items()},
+            max_duration=None if data.get("max_duration") is None else float(data["max_duration"]),
         )
         return spec, Evidence(**data["evidence"])
     except (KeyError, TypeError, ValueError, ScheduleError):

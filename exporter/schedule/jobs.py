@@ -86,6 +86,8 @@ class JobSpec:
     grace: float
     start_grace: float | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
+    # Longest acceptable run (seconds); None: no limit (Veeam's "maximum job duration").
+    max_duration: float | None = None
 
 
 JobState = Literal["ok", "running", "late", "overdue", "failed", "unknown"]
@@ -120,6 +122,7 @@ class JobStatus:
     overdue: bool
     missed_start: bool
     state: JobState = "ok"
+    over_max_duration: bool = False  # the running or last run took longer than max_duration
     first_seen: float | None = None
     first_deadline: float | None = None
     runs_expected: int = 0
@@ -229,9 +232,24 @@ def evaluate(
         overdue=overdue,
         missed_start=missed_start,
         state=state,
+        over_max_duration=known and exceeds_max_duration(spec, evidence, now),
         first_seen=first_seen,
         first_deadline=first_deadline,
     )
+
+
+def exceeds_max_duration(spec: JobSpec, evidence: Evidence, now: float) -> bool:
+    """Tell whether the run in progress, else the last finished run, exceeds ``max_duration``.
+
+    A run in progress counts from its start (evidence that records starts); a finished run
+    by its duration, until the next run finishes within the limit.
+    """
+    limit = spec.max_duration
+    if limit is None:
+        return False
+    if evidence.running and evidence.tracks_start and evidence.last_start is not None:
+        return now - evidence.last_start > limit
+    return evidence.last_duration is not None and evidence.last_duration > limit
 
 
 _GAUGES: tuple[tuple[str, str], ...] = (
@@ -248,6 +266,11 @@ _GAUGES: tuple[tuple[str, str], ...] = (
     ("start_missed", "1 when the latest run past its start deadline never started."),
     ("first_seen_timestamp_seconds", "When the exporter first saw the job with this schedule."),
     ("first_deadline_timestamp_seconds", "The first finish deadline after first seen."),
+    ("max_duration_seconds", "The job's max_duration (absent without one)."),
+    (
+        "over_max_duration",
+        "1 when the running or the last run took longer than max_duration (absent without one).",
+    ),
 )
 
 
@@ -266,6 +289,9 @@ def _values(st: JobStatus) -> Iterator[tuple[str, float | None]]:
     yield "start_missed", float(st.missed_start)
     yield "first_seen_timestamp_seconds", st.first_seen
     yield "first_deadline_timestamp_seconds", st.first_deadline
+    limited = st.spec.max_duration is not None
+    yield "max_duration_seconds", st.spec.max_duration
+    yield "over_max_duration", float(st.over_max_duration) if limited else None
 
 
 def render_jobs(statuses: Iterable[JobStatus]) -> Iterator[Metric]:

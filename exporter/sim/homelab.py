@@ -54,6 +54,8 @@ PREFIXES = ("immich/", "nextcloud/", "truenas-config/", "ha-backup/")
 STORJ_PREFIXES = ("immich/", "nextcloud/", "pve/")
 S3_ACCESS_KEY = "storj-access"  # moto accepts any credentials
 S3_SECRET_KEY = "storj-secret-not-real"  # noqa: S105 - a simulator's fixed credential
+PVE1_ADDRESS = "192.0.2.11"  # the only host the PVE backup export is meant for
+LAN = "192.0.2.0/24"
 
 
 def _daily(hour: int, minute: int, *, now: float, days: int) -> list[float]:
@@ -228,6 +230,8 @@ def config_document(lab: dict[str, Any], *, secrets: Path) -> dict[str, Any]:
                 "ca_file": lab["pve_ca"],
                 "interval": "30s",
                 "timeout": "10s",
+                # A vzdump run of VM 100 takes minutes; one past an hour is stuck.
+                "job_max_duration": "1h",
             },
             "truenas": {
                 "kind": "truenas",
@@ -291,6 +295,30 @@ def config_document(lab: dict[str, Any], *, secrets: Path) -> dict[str, Any]:
             },
         },
         "assets": ASSETS,
+        # The strategy's promises (docs/reference-homelab.md), checked on every poll.
+        "policy": {
+            "retention": [
+                {"source": "pve1", "job": "backup-infra-daily", "prune_backups": "keep-last=14"}
+            ],
+            "quota": [
+                {"source": "truenas", "dataset": "storage/backups/proxmox", "quota": lab["quota"]}
+            ],
+            "nfs_export": [
+                {
+                    "source": "truenas",
+                    "path": "/mnt/storage/backups/proxmox",
+                    "hosts": [PVE1_ADDRESS],
+                }
+            ],
+            "encryption": [
+                {"source": "truenas", "task": "B2 daily"},
+                {"source": "truenas", "task": "Storj weekly"},
+            ],
+            "cloudsync_schedule": [
+                {"source": "truenas", "task": "B2 daily", "schedule": "30 1 * * *"},
+                {"source": "truenas", "task": "Storj weekly", "schedule": "0 5 * * 3"},
+            ],
+        },
         "jobs": {
             "ha-daily": {
                 "schedule": "0 3 * * *",
@@ -384,6 +412,7 @@ async def start_homelab(
     """Start every fake on 127.0.0.1 and write the exporter config into ``workdir``.
 
     ``healthy=True`` fixes the problems the reference homelab has (guest 101 covered by no job;
+    the PVE backup NFS export opened to the whole LAN, a drifted policy;
     14 × the newest archive does not fit in the 150 GiB storage and quota; a failed SMART
     self-test on ``sdb``) so that nothing but the Watchdog alerts: the end-to-end test breaks
     one thing at a time from there.
@@ -407,6 +436,9 @@ async def start_homelab(
         for dataset in nas.datasets:
             if dataset.quota:
                 dataset.quota = 500 * 2**30
+    else:
+        # The drifted policy of the reference homelab: the PVE backup export opened to the LAN.
+        nas.nfs_shares[0].networks = [LAN]
     truenas = await start_fake_truenas(nas, port=truenas_port)
     b2_sim, b2_key, b2_master = _seed_b2(now)
     moto_port = moto_port or _free_port()
@@ -435,6 +467,7 @@ async def start_homelab(
             "b2_key_id": b2_key[0],
             "s3_endpoint": f"http://127.0.0.1:{moto_port}",
             "hc_url": hc.url,
+            "quota": "500GiB" if healthy else "150GiB",
         },
         secrets=secrets,
     )

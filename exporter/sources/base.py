@@ -103,6 +103,9 @@ class Source(ABC, Generic[C, S]):
     def __init__(self, config: C) -> None:
         self.config = config
         self.name = config.name
+        # The ``policy:`` rules checked on this source's polls (exporter.policy.config
+        # rules; set by the app when it builds the source, see build_pollers).
+        self.policies: tuple[Any, ...] = ()
 
     @abstractmethod
     async def fetch(self, ctx: FetchContext) -> S:

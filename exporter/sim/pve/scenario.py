@@ -222,13 +222,14 @@ class PVEScenario:
         for g in self.guests:
             if (g.template and not templates) or (job.node and g.node != job.node):
                 continue
-            if job.all:
-                if g.vmid not in excluded:
-                    out.append(g)
-            elif job.pool:
+            # pve-manager PVE/VZDump.pm get_included_guests: pool, else vmid list, else all.
+            if job.pool:
                 if g.pool == job.pool:
                     out.append(g)
-            elif g.vmid in listed:
+            elif listed:
+                if g.vmid in listed:
+                    out.append(g)
+            elif job.all and g.vmid not in excluded:
                 out.append(g)
         return out
 

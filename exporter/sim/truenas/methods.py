@@ -162,6 +162,7 @@ def query_handlers(scenario: TrueNASScenario) -> dict[str, Callable[[dict[str, A
         ),
         "pool.scrub.query": lambda o: _select(scenario.scrub_entries(), o),
         "cloudsync.query": lambda o: _select(scenario.cloudsync_entries(), o),
+        "sharing.nfs.query": lambda o: _select(scenario.nfs_entries(), o),
     }
 
     def snapshots(o: dict[str, Any]) -> Any:

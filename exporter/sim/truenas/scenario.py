@@ -81,6 +81,21 @@ class FakeCloudSync:
 
 
 @dataclass
+class FakeNfsShare:
+    """An NFS share: empty ``hosts`` and ``networks`` export it to everyone (``*``)."""
+
+    id: int
+    path: str
+    hosts: list[str] = field(default_factory=list)
+    networks: list[str] = field(default_factory=list)
+    comment: str = ""
+    ro: bool = False
+    maproot_user: str | None = None
+    maproot_group: str | None = None
+    enabled: bool = True
+
+
+@dataclass
 class FakeScrubTask:
     """A pool scrub task: cron check plus threshold days."""
 
@@ -116,6 +131,7 @@ class TrueNASScenario:
     archives: list[int] = field(default_factory=list)  # sizes in storage/backups/proxmox
     cloudsync: list[FakeCloudSync] = field(default_factory=list)
     scrub_tasks: list[FakeScrubTask] = field(default_factory=list)
+    nfs_shares: list[FakeNfsShare] = field(default_factory=list)
     disks: list[FakeDisk] = field(default_factory=list)
     scrub_duration: float = 3 * 3600.0
     last_scrub_start: float | None = None  # what `zpool history` knows
@@ -547,6 +563,36 @@ class TrueNASScenario:
             )
         return entries
 
+    def nfs_entries(self) -> list[dict[str, Any]]:
+        """``sharing.nfs.query`` in the release's shape.
+
+        25.04+: truenas/middleware ``api/v25_04_2/nfs.py`` ``NfsShareEntry`` (tag
+        TS-25.04.2.6); 24.10: ``plugins/nfs.py`` ``sharingnfs_create`` plus ``id`` and
+        ``locked`` (tag TS-24.10.2.4), which has no ``expose_snapshots``.
+        """
+        entries = []
+        for s in self.nfs_shares:
+            entry: dict[str, Any] = {
+                "id": s.id,
+                "path": s.path,
+                "aliases": [],
+                "comment": s.comment,
+                "networks": list(s.networks),
+                "hosts": list(s.hosts),
+                "ro": s.ro,
+                "maproot_user": s.maproot_user,
+                "maproot_group": s.maproot_group,
+                "mapall_user": None,
+                "mapall_group": None,
+                "security": [],
+                "enabled": s.enabled,
+                "locked": False,
+            }
+            if self.series != "24.10":
+                entry["expose_snapshots"] = False
+            entries.append(entry)
+        return entries
+
     def smart_entries(self) -> list[dict[str, Any]]:
         """``smart.test.results`` (25.04)."""
         return [{"disk": d.name, "tests": list(d.tests), "current_test": None} for d in self.disks]
@@ -603,6 +649,17 @@ def homelab(
         ],
         scrub_tasks=[
             FakeScrubTask(1, "storage", 35, {"minute": "10", "hour": "2", "dow": "2", **cron})
+        ],
+        nfs_shares=[
+            # The PVE backup export, restricted to pve1 (192.0.2.11) as the strategy says.
+            FakeNfsShare(
+                1,
+                "/mnt/storage/backups/proxmox",
+                hosts=["192.0.2.11"],
+                comment="PVE backups",
+                maproot_user="root",
+                maproot_group="wheel",
+            ),
         ],
     )
     if release in ("24.10", "25.04"):

@@ -35,6 +35,7 @@ from exporter.sources.targets import effective_target_timeout, target_timeout_pr
 DEFAULT_GRACE = 6 * 3600.0
 DEFAULT_START_GRACE = 3600.0
 DEFAULT_TASKS_LIMIT = 200
+DEFAULT_DISABLED_MAX_AGE = 7 * 86400.0
 
 _TOKEN_ID_RE = re.compile(
     r"(?P<user>[^\s:/@!]+@[A-Za-z][A-Za-z0-9._-]*)!(?P<name>[A-Za-z][A-Za-z0-9._-]*)"
@@ -85,6 +86,10 @@ class ProxmoxConfig(SourceConfig):
     tasks_limit: Annotated[int, at_least(1)] = DEFAULT_TASKS_LIMIT
     job_grace: Duration = DEFAULT_GRACE
     job_start_grace: Duration = DEFAULT_START_GRACE
+    #: A run of a PVE job longer than this is backup_job_over_max_duration 1; 0: no limit.
+    job_max_duration: DurationOrZero = 0.0
+    #: A job disabled longer than this is backup_pve_job_disabled_too_long 1.
+    disabled_job_max_age: Duration = DEFAULT_DISABLED_MAX_AGE
     #: Each backup storage's content listing (and each request) within the poll; 0: timeout/2.
     target_timeout: DurationOrZero = 0.0
     host: SkipJsonSchema[str] = ""

@@ -14,21 +14,25 @@ from exporter.sources.proxmox.model import BackupJob, Guest
 def covered_guests(
     job: BackupJob, guests: Iterable[Guest], *, templates: bool = False
 ) -> tuple[Guest, ...]:
-    """Return the guests ``job`` backs up: all (minus exclude), a pool or a vmid list.
+    """Return the guests ``job`` backs up: a pool, a vmid list or all (minus exclude).
 
-    ``node`` restricts any selection to that node's guests; templates are only counted with
-    ``templates=True`` (PVE's ``get_included_guests`` selects them like any guest).
+    PVE's own rule (pve-manager ``PVE/VZDump.pm``, ``get_included_guests``): ``pool`` wins,
+    then a ``vmid`` list, then ``all`` (``exclude`` applies to ``all`` only); ``node``
+    restricts any selection to that node's guests. Templates are only counted with
+    ``templates=True`` (PVE selects them like any guest).
     """
     out = []
     for g in guests:
         if (g.template and not templates) or (job.node and g.node != job.node):
             continue
-        if job.all:
-            selected = g.vmid not in job.exclude
-        elif job.pool:
+        if job.pool:
             selected = g.pool == job.pool
-        else:
+        elif job.vmids:
             selected = g.vmid in job.vmids
+        elif job.all:
+            selected = g.vmid not in job.exclude
+        else:
+            selected = False
         if selected:
             out.append(g)
     return tuple(sorted(out, key=lambda g: g.vmid))

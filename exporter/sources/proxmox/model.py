@@ -152,6 +152,8 @@ class ProxmoxSnapshot:
     # down keeps its last-known archives in ``archives``.
     targets: tuple[TargetStatus, ...] = field(default=())
     hidden: tuple[HiddenBackups, ...] = field(default=())  # per-storage permission findings
+    # (job id, when first seen disabled) of the disabled jobs (see .orphans.disabled_since).
+    disabled_since: tuple[tuple[str, float], ...] = field(default=())
 
 
 @dataclass(frozen=True)

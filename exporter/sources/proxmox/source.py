@@ -24,6 +24,8 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from exporter.policy.checks import pve_results
+from exporter.policy.render import render_policy
 from exporter.schedule.expressions import Schedule, ScheduleError
 from exporter.schedule.jobs import Evidence, JobSpec
 from exporter.sources.base import FetchContext, FetchError, Source
@@ -44,6 +46,7 @@ from exporter.sources.proxmox.model import (
     TaskLog,
     VzdumpTask,
 )
+from exporter.sources.proxmox.orphans import DISABLED_KEY, disabled_since, render_orphans
 from exporter.sources.proxmox.reader import as_int, object_list
 from exporter.sources.proxmox.render import render_snapshot
 from exporter.sources.proxmox.responses import (
@@ -213,7 +216,9 @@ class ProxmoxSource(Source[ProxmoxConfig, ProxmoxSnapshot]):
         ctx.memory[_MEMORY_KEY] = {
             sid: [dataclasses.asdict(a) for a in found] for sid, found in keep.items()
         }
-        return replace(snapshot, hidden=hidden)
+        since = disabled_since(jobs, ctx.memory.get(DISABLED_KEY), snapshot.time)
+        ctx.memory[DISABLED_KEY] = since
+        return replace(snapshot, hidden=hidden, disabled_since=tuple(sorted(since.items())))
 
     async def _read_task_logs(self, ctx: FetchContext, tasks: list[VzdumpTask]) -> list[VzdumpTask]:
         """Attach their logs to multi-guest tasks: remembered ones, then a few read anew."""
@@ -337,6 +342,11 @@ class ProxmoxSource(Source[ProxmoxConfig, ProxmoxSnapshot]):
         yield from render_warnings(
             self.name, snapshot, job_tasks(snapshot, self._schedules(snapshot))
         )
+        yield from render_orphans(
+            self.name, snapshot, max_disabled=self.config.disabled_job_max_age
+        )
+        if self.policies:
+            yield from render_policy(self.name, pve_results(self.policies, snapshot))
 
     # ---- jobs
 
@@ -360,6 +370,7 @@ class ProxmoxSource(Source[ProxmoxConfig, ProxmoxSnapshot]):
                     grace=grace,
                     start_grace=start_grace,
                     labels={"vmid": str(guest.vmid)},
+                    max_duration=cfg.job_max_duration or None,
                 )
                 tasks = attributed.get((job.id, guest.vmid), ())
                 yield spec, guest_evidence(snapshot, guest, storage=job.storage, tasks=tasks)

@@ -97,6 +97,17 @@ class PoolScrub:
 
 
 @dataclass(frozen=True, kw_only=True)
+class NfsShare:
+    """One NFS share of ``sharing.nfs.query``: who may mount it (empty lists: everyone)."""
+
+    id: int
+    path: str
+    hosts: tuple[str, ...] = ()
+    networks: tuple[str, ...] = ()
+    enabled: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrueNASSnapshot:
     """One poll of a TrueNAS system."""
 
@@ -111,3 +122,5 @@ class TrueNASSnapshot:
     scrub_tasks: tuple[ScrubTask, ...] = ()
     # The dataset listing as dataset/<pool>; a listing that is down keeps its last datasets.
     targets: tuple[TargetStatus, ...] = ()
+    # Read only when an nfs_export policy names this source; None: not read.
+    nfs_shares: tuple[NfsShare, ...] | None = None

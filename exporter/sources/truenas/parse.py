@@ -14,7 +14,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from exporter.sources.base import FetchError
-from exporter.sources.truenas.model import ApiProfile, CloudSyncTask, PoolScrub, ScrubTask
+from exporter.sources.truenas.model import (
+    ApiProfile,
+    CloudSyncTask,
+    NfsShare,
+    PoolScrub,
+    ScrubTask,
+)
 from exporter.storage.models import (
     DatasetFilter,
     DatasetInfo,
@@ -368,6 +374,40 @@ def parse_cloudsync(
             )
         )
     return tasks
+
+
+def _strings(value: Any, what: str) -> tuple[str, ...]:
+    if isinstance(value, str):  # never sent so, but a space-separated list is the stored form
+        return tuple(value.split())
+    return tuple(_text(v).strip() for v in _list(value, what) if _text(v).strip())
+
+
+def parse_nfs_shares(result: Any) -> list[NfsShare]:
+    """Parse ``sharing.nfs.query`` (REST ``GET /sharing/nfs``): path, hosts, networks, enabled.
+
+    The shape is ``NfsShareEntry`` of truenas/middleware ``api/v25_04_2/nfs.py`` (25.04+) and
+    the ``sharingnfs_create`` schema plus ``id``/``locked`` of ``plugins/nfs.py`` (24.10):
+    ``path`` (one string since 22.12; older releases had a ``paths`` list), ``hosts`` and
+    ``networks`` lists (``SharingNFSService.extend`` splits the stored space-separated
+    strings), ``enabled``.
+    """
+    shares: list[NfsShare] = []
+    for raw in _list(result, "result"):
+        entry = _dict(raw, "NFS share")
+        paths = entry.get("paths")
+        path = entry.get("path")
+        names = [_text(path)] if path is not None else list(_strings(paths or [], "paths"))
+        for name in names:
+            shares.append(
+                NfsShare(
+                    id=int(entry["id"]),
+                    path=name,
+                    hosts=_strings(entry.get("hosts") or [], "hosts"),
+                    networks=_strings(entry.get("networks") or [], "networks"),
+                    enabled=bool(entry.get("enabled", True)),
+                )
+            )
+    return shares
 
 
 def _selftest_kind(description: str) -> str | None:

@@ -57,6 +57,8 @@ from exporter.core.config import (
     zone_or_none,
 )
 from exporter.core.tls import ClientSSL
+from exporter.policy.checks import truenas_results
+from exporter.policy.render import render_policy
 from exporter.schedule.expressions import Schedule, ScheduleError, parse_schedule
 from exporter.schedule.jobs import Evidence, JobSpec
 from exporter.schedule.threshold import ThresholdSchedule
@@ -79,12 +81,13 @@ from exporter.sources.truenas.client import (
 )
 from exporter.sources.truenas.config import SPEC as SPEC  # noqa: PLC0414 - re-export
 from exporter.sources.truenas.config import TrueNASConfig
-from exporter.sources.truenas.model import CloudSyncTask, PoolScrub, TrueNASSnapshot
+from exporter.sources.truenas.model import CloudSyncTask, NfsShare, PoolScrub, TrueNASSnapshot
 from exporter.sources.truenas.parse import (
     SnapshotFold,
     detect_version,
     parse_cloudsync,
     parse_datasets,
+    parse_nfs_shares,
     parse_pools,
     parse_scrub_tasks,
     parse_smart_results,
@@ -217,6 +220,7 @@ class TrueNASSource(Source[TrueNASConfig, TrueNASSnapshot]):
         # The last dataset listing (and pool creation times), kept while the listing fails.
         self._last_datasets: tuple[list[DatasetInfo], dict[str, float]] = ([], {})
         self._ssl = ClientSSL(TLSConfig(verify=config.verify_tls, ca_file=config.ca_file))
+        self._nfs_refused = ""  # the reason sharing.nfs.query was last refused (logged once)
 
     async def fetch(self, ctx: FetchContext) -> TrueNASSnapshot:
         """Log in, read everything, fold it into a snapshot and update the memories."""
@@ -282,6 +286,11 @@ class TrueNASSource(Source[TrueNASConfig, TrueNASSnapshot]):
             raw = await client.call("cloudsync.query", [], {})
             with parsing("cloudsync.query"):
                 cloudsync = parse_cloudsync(raw, remembered_cloudsync(ctx.memory))
+
+            # Only when a policy checks who may mount a share (the policy: section).
+            nfs: list[NfsShare] | None = None
+            if any(rule.kind == "nfs_export" for rule in self.policies):
+                nfs = await self._nfs_shares(client)
         finally:
             await client.close()
 
@@ -312,7 +321,32 @@ class TrueNASSource(Source[TrueNASConfig, TrueNASSnapshot]):
             smart=None if smart is None else tuple(smart),
             cloudsync=tuple(cloudsync),
             scrub_tasks=tuple(scrub_tasks),
+            nfs_shares=None if nfs is None else tuple(nfs),
         )
+
+    async def _nfs_shares(self, client: ApiClient) -> list[NfsShare] | None:
+        """Read the NFS shares; ``None`` (the policy unknown) when the key may not read them.
+
+        A key without ``SHARING_NFS_READ`` must not take the whole source down for one
+        policy: the rest of the poll goes on, the refusal is logged once per reason.
+        """
+        try:
+            raw = await client.call("sharing.nfs.query", [], {})
+        except FetchError as exc:
+            if exc.reason in API_DOWN_REASONS:
+                raise
+            if self._nfs_refused != exc.reason:
+                log.warning(
+                    "source=%s cannot read NFS shares (%s), nfs_export policies are unknown: %s",
+                    self.name,
+                    exc.reason,
+                    exc.message,
+                )
+            self._nfs_refused = exc.reason
+            return None
+        self._nfs_refused = ""
+        with parsing("sharing.nfs.query"):
+            return parse_nfs_shares(raw)
 
     async def _datasets(
         self, client: ApiClient, snapshot_method: str
@@ -368,6 +402,8 @@ class TrueNASSource(Source[TrueNASConfig, TrueNASSnapshot]):
         """Render storage (shared families), cloud-sync tasks and the release."""
         yield from render_snapshot(self.name, snapshot)
         yield from render_targets(self.name, self.kind, snapshot.targets)
+        if self.policies:
+            yield from render_policy(self.name, truenas_results(self.policies, snapshot))
 
     # ---- jobs
 
