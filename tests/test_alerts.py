@@ -24,7 +24,8 @@ RULE_FILES = sorted(ALERTS_DIR.glob("*.rules.yml"))
 TEST_FILES = sorted((ALERTS_DIR / "tests").glob("*.yml"))
 RUNBOOK = ALERTS_DIR / "runbook.md"
 GROUPS = {
-    "exporter", "proxmox", "jobs", "storage", "disks", "offsite", "verification", "assets", "policy",
+    "exporter", "proxmox", "jobs", "storage", "disks", "offsite", "verification", "assets",
+    "policy",
 }  # fmt: skip
 SEVERITIES = {"critical", "warning", "info"}
 # vector(1) cannot be false: the watchdog has no must-not-fire case by design.

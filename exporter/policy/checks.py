@@ -117,7 +117,7 @@ def _quota(rule: QuotaPolicy, snap: TrueNASSnapshot) -> PolicyResult:
 
 
 def _allowed(entry: str) -> str:
-    """Normalize a host or network: ``203.0.113.7/24`` to ``203.0.113.0/24``, ``/32`` to the address."""
+    """Normalize a host or network: ``203.0.113.7/24`` is ``203.0.113.0/24``; ``/32`` an address."""
     text = entry.strip()
     try:
         network = ipaddress.ip_network(text, strict=False)
