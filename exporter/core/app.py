@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import html
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
@@ -65,11 +66,13 @@ def create_app(
     pollers: Sequence[Poller] | None = None,
     run_pollers: bool = True,
     keeper: StateKeeper | None = None,
+    middlewares: Iterable[Middleware] = (),
 ) -> web.Application:
     """Build the web application; pollers start with it and stop on cleanup.
 
     ``keeper`` is the exporter's memory; it is loaded here (blocking, before serving), so
-    the first scrape already serves the last-known state.
+    the first scrape already serves the last-known state. ``middlewares`` wrap every route
+    (the web config's TLS client checks and basic auth, exporter/web/security.py).
     """
     clock = clock or SystemClock()
     keeper = keeper or StateKeeper(None)
@@ -80,7 +83,7 @@ def create_app(
     collector = SnapshotCollector(pollers, clock=clock, jobs=config.jobs, keeper=keeper)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
-    app = web.Application()
+    app = web.Application(middlewares=middlewares)
     app[POLLERS] = pollers
     app[COLLECTOR] = collector
     app[CLOCK] = clock
