@@ -274,8 +274,6 @@ def _tls(raw: Mapping[str, Any], base: Path, out: _Problems) -> TLSServerConfig 
     if has_ca and auth in ("NoClientCert", "RequestClientCert"):
         out.add(where, "client CA's have been configured without a Client Auth Policy "
                        "(set client_auth_type: RequireAndVerifyClientCert)")  # fmt: skip
-    if auth in ("VerifyClientCertIfGiven", "RequireAndVerifyClientCert") and not has_ca:
-        out.add(where, f"client_auth_type {auth} needs client_ca_file (or client_ca)")
     sans = tls.get("client_allowed_sans")
     allowed = _strings(tls, "client_allowed_sans", where, out) if sans is not None else None
     if allowed is not None and auth not in ("VerifyClientCertIfGiven",

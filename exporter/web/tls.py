@@ -22,6 +22,7 @@ import contextlib
 import os
 import ssl
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,11 +58,14 @@ def server_context(tls: TLSServerConfig, *, exempt_paths: bool = False) -> ssl.S
     certificate is enforced per request instead of at the handshake (see the module doc).
     """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
+    with warnings.catch_warnings():
+        # TLS10/TLS11 are deprecated in Python; a file asking for them is obeyed, as in Go.
+        warnings.simplefilter("ignore", DeprecationWarning)
         context.minimum_version = tls.min_version
         context.maximum_version = tls.max_version
-    except ValueError as exc:  # pragma: no cover - OpenSSL builds without a version
-        raise WebConfigError([f"tls_server_config: {exc}"]) from None
+    if tls.min_version < ssl.TLSVersion.TLSv1_2 and not tls.cipher_suites:
+        # OpenSSL 3 allows TLS < 1.2 only at security level 0.
+        context.set_ciphers("DEFAULT:@SECLEVEL=0")
     with _pem_files(tls) as (cert, key):
         try:
             context.load_cert_chain(cert, key)
@@ -73,11 +77,15 @@ def server_context(tls: TLSServerConfig, *, exempt_paths: bool = False) -> ssl.S
         try:
             if tls.client_ca_file is not None:
                 context.load_verify_locations(cafile=str(tls.client_ca_file))
-            else:
+            elif tls.client_ca:
                 context.load_verify_locations(cadata=tls.client_ca)
+            else:
+                # No client CA: Go verifies against the system roots (ClientCAs nil), and so
+                # does this; exporter-toolkit's tests call such a file "blocking".
+                context.load_default_certs(ssl.Purpose.CLIENT_AUTH)
         except (OSError, ssl.SSLError, ValueError) as exc:
             raise WebConfigError([f"tls_server_config: cannot load the client CA: {exc}"]) from None
-        if not context.get_ca_certs():
+        if (tls.client_ca_file or tls.client_ca) and not context.get_ca_certs():
             raise WebConfigError(["tls_server_config: the client CA holds no certificate"])
         strict = tls.requires_client_cert and not exempt_paths
         context.verify_mode = ssl.CERT_REQUIRED if strict else ssl.CERT_OPTIONAL
