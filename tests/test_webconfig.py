@@ -443,6 +443,15 @@ async def test_client_certificate_is_enforced_when_configured(tmp_path: Path, pk
         assert (await fetch(url, context=client_context(pki, "client")))[0] == 200
         status, body, _ = await fetch(url, context=client_context(pki, "client-other-san"))
         assert (status, body) == (403, "Forbidden\n")
+    # With a certificate optional, a SAN list still demands one that names an allowed SAN.
+    optional = {**sans, "client_auth_type": "VerifyClientCertIfGiven"}
+    path.write_text(yaml.safe_dump({"tls_server_config": optional}))
+    async with serving(path) as srv:
+        url = srv.url + "/metrics"
+        assert (await fetch(url, context=client_context(pki)))[0] == 403
+        assert (await fetch(url, context=client_context(pki, "client")))[0] == 200
+        with pytest.raises(aiohttp.ClientError):  # given, it must verify
+            await fetch(url, context=client_context(pki, "stranger"))
 
 
 async def test_health_path_stays_open_when_configured(tmp_path: Path, pki: PKI) -> None:

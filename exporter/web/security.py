@@ -23,6 +23,7 @@ headers and limits apply from the next request, on open connections too.
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import json
 import logging
@@ -169,7 +170,8 @@ class WebSecurity:
         if tls.requires_client_cert and not peercert:
             return "no verified client certificate"
         allowed = tls.client_allowed_sans
-        if allowed is not None and peercert and not _sans(peercert) & set(allowed):
+        if allowed is not None and not _sans(peercert) & set(allowed):
+            # A SAN list means a certificate must name one; none at all is no exception.
             return "client certificate has none of client_allowed_sans"
         return None
 
@@ -251,6 +253,7 @@ class Listener:
         self.port = port
         self._sockets: list[socket.socket] = []
         self._sites: list[web.SockSite] = []
+        self._reloading = asyncio.Lock()  # two quick SIGHUPs: one reload after the other
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -271,13 +274,14 @@ class Listener:
 
     async def reload(self) -> bool:
         """Re-read the web config; on success new connections get the new TLS context."""
-        if not self.security.reload():
-            return False
-        old, self._sites = self._sites, []
-        for site in old:
-            await site.stop()  # stops accepting; open connections go on
-        await self._serve()
-        return True
+        async with self._reloading:
+            if not self.security.reload():
+                return False
+            old, self._sites = self._sites, []
+            for site in old:
+                await site.stop()  # stops accepting; open connections go on
+            await self._serve()
+            return True
 
     def close(self) -> None:
         """Close the original sockets (after the runner's cleanup stopped the sites)."""
