@@ -36,6 +36,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from test_cli import free_port
 
 from exporter.core.app import create_app
 from exporter.core.clock import FakeClock
@@ -170,6 +171,12 @@ def upstream_users() -> dict[str, str]:
         "basic_auth_users"
     ]
     return users
+
+
+def dave_only(folder: Path, pki: PKI) -> Path:
+    """A TLS web config whose one user is upstream's dave."""
+    doc = {"tls_server_config": TLS, "basic_auth_users": {"dave": upstream_users()["dave"]}}
+    return write_web_config(folder, doc, pki)
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -479,8 +486,7 @@ async def test_reload_swaps_the_tls_context_and_users_and_keeps_the_old_on_error
     tmp_path: Path, pki: PKI
 ) -> None:
     users = upstream_users()
-    doc = {"tls_server_config": TLS, "basic_auth_users": {"dave": users["dave"]}}
-    first = write_web_config(tmp_path, doc, pki)
+    first = dave_only(tmp_path, pki)
     async with serving(first) as srv:
         url = srv.url + "/metrics"
         dave, carol = basic("dave", "dave123"), basic("carol", "carol123")
@@ -603,12 +609,6 @@ def test_a_hash_is_checked_at_load_and_never_echoed(tmp_path: Path) -> None:
 # --- the command line -----------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def exporter_config(folder: Path) -> Path:
     path = folder / "config.yml"
     path.write_text(yaml.safe_dump({"timezone": "UTC", "state_path": str(folder / "state.db")}))
@@ -662,8 +662,7 @@ async def test_sighup_rereads_the_file_and_a_broken_one_keeps_the_old(
     tmp_path: Path, pki: PKI
 ) -> None:
     users = upstream_users()
-    doc = {"tls_server_config": TLS, "basic_auth_users": {"dave": users["dave"]}}
-    path = write_web_config(tmp_path, doc, pki)
+    path = dave_only(tmp_path, pki)
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "exporter", "--config.file", str(exporter_config(tmp_path)),
