@@ -648,6 +648,27 @@ def test_serve_with_a_bad_web_config_exits_2_before_listening(
     assert expected in check.stderr
 
 
+def test_a_health_path_must_be_a_path(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "exporter", "--config.file", str(exporter_config(tmp_path)),
+         "--web.health-path", "healthy", "--web.listen-address", f"127.0.0.1:{free_port()}"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "--web.health-path 'healthy': must start with /"
+
+
+def test_request_client_cert_asks_nothing_it_would_not_use(tmp_path: Path, pki: PKI) -> None:
+    doc = {"tls_server_config": {**MTLS, "client_auth_type": "RequestClientCert"}}
+    security = WebSecurity(write_web_config(tmp_path, doc, pki))
+    assert security.context is not None
+    assert security.context.verify_mode == ssl.CERT_NONE
+    security.close()
+    doc = {"tls_server_config": {**MTLS, "client_auth_type": "NoClientCert"}}
+    with pytest.raises(WebConfigError, match="without a Client Auth Policy"):
+        WebSecurity(write_web_config(tmp_path, doc, pki))
+
+
 async def _read_until(stream: asyncio.StreamReader, needle: str, seen: list[str]) -> None:
     async with asyncio.timeout(30):
         while True:

@@ -150,7 +150,7 @@ def _web_security(path: str | None, health_paths: Sequence[str]) -> WebSecurity 
         security = WebSecurity(path, health_paths=health_paths)
     except WebConfigError as exc:
         for item in exc.problems:
-            print(f"{path}: {item}", file=sys.stderr)
+            print(f"{path}: {item}" if path else item, file=sys.stderr)
         return None
     return security
 

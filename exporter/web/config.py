@@ -271,7 +271,7 @@ def _tls(raw: Mapping[str, Any], base: Path, out: _Problems) -> TLSServerConfig 
                 "RequireAnyClientCert (a certificate demanded but never verified) is not "
                 "supported here; use RequireAndVerifyClientCert with client_ca_file")  # fmt: skip
     has_ca = bool(client_ca or tls.get("client_ca_file"))
-    if has_ca and auth in ("NoClientCert", "RequestClientCert"):
+    if has_ca and auth == "NoClientCert":  # Go lets RequestClientCert carry an unused CA
         out.add(where, "client CA's have been configured without a Client Auth Policy "
                        "(set client_auth_type: RequireAndVerifyClientCert)")  # fmt: skip
     sans = tls.get("client_allowed_sans")
