@@ -30,6 +30,7 @@ from moto.server import ThreadedMotoServer
 from test_cli import PROMTOOL, samples
 from test_s3 import seed_client
 
+import exporter
 from exporter.sim.healthchecks import homelab as healthchecks_homelab
 from exporter.sim.healthchecks import start_fake_healthchecks
 from exporter.sim.pve import homelab as pve_homelab
@@ -168,6 +169,82 @@ def test_demo_without_the_extra_says_what_to_install(venv: Path, tmp_path: Path)
     assert lines[0].startswith("backup-exporter demo needs the demo extra: ")
     assert "pip install 'backup-exporter[demo]' (missing: " in lines[0]
     assert not (tmp_path / "d").exists()
+
+
+# Placeholders of the right shape for the secrets deploy/config.example.yml reads from ${ENV}.
+EXAMPLE_SECRETS = {
+    "PVE_TOKEN_SECRET": "00000000-0000-0000-0000-000000000000",
+    "TRUENAS_API_KEY": "1-placeholder",
+    "HC_API_KEY": "0123456789abcdef0123456789abcdef",
+    "B2_KEY_ID": "placeholder",
+    "B2_APPLICATION_KEY": "placeholder",
+    "STORJ_ACCESS_KEY_ID": "placeholder",
+    "STORJ_SECRET_ACCESS_KEY": "placeholder",
+}
+
+
+def test_version_comes_from_one_place_and_the_command_prints_it(venv: Path, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [str(venv / "backup-exporter"), "--version"],
+        capture_output=True, text=True, check=True, env=_env(), cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.stdout == f"backup-exporter {exporter.__version__}\n"
+    # The installed distribution's metadata is the same single value (pyproject: dynamic).
+    meta = subprocess.run(
+        [str(venv / "python"), "-c",
+         "import importlib.metadata as m; print(m.version('backup-exporter'))"],
+        capture_output=True, text=True, check=True, env=_env(), cwd=tmp_path,
+    )  # fmt: skip
+    assert meta.stdout.strip() == exporter.__version__
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'dynamic = ["version"]' in pyproject
+    assert 'version = { attr = "exporter.__version__" }' in pyproject
+
+
+def test_check_config_on_the_example_config_in_a_runtime_install(
+    venv: Path, tmp_path: Path
+) -> None:
+    example = str(ROOT / "deploy" / "config.example.yml")
+    for args in ([example], ["--config.file", example]):
+        proc = subprocess.run(
+            [str(venv / "backup-exporter"), "check-config", *args],
+            capture_output=True, text=True, check=False, env=_env(**EXAMPLE_SECRETS),
+            cwd=tmp_path, timeout=60,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == f"{example}: OK, 7 sources, 2 jobs\n"
+    # Without the secrets it names each missing variable and exits 2.
+    proc = subprocess.run(
+        [str(venv / "backup-exporter"), "check-config", "--config.file", example],
+        capture_output=True, text=True, check=False, env=_env(), cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "environment variable PVE_TOKEN_SECRET is not set" in proc.stderr
+    # Two different files at once is a mistake, not a guess.
+    proc = subprocess.run(
+        [str(venv / "backup-exporter"), "check-config", example, "--config.file", "other.yml"],
+        capture_output=True, text=True, check=False, env=_env(), cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "give the config file once" in proc.stderr
+
+
+def test_the_web_config_example_is_valid_in_a_runtime_install(venv: Path, tmp_path: Path) -> None:
+    example = ROOT / "deploy" / "web-config.example.yml"
+    # Its certificate files are placeholders: a copy without TLS checks the users and headers.
+    doc = yaml.safe_load(example.read_text())
+    assert doc["tls_server_config"]["client_auth_type"] == "NoClientCert"
+    doc.pop("tls_server_config")
+    copy = tmp_path / "web.yml"
+    copy.write_text(yaml.safe_dump(doc))
+    proc = subprocess.run(
+        [str(venv / "backup-exporter"), "check-config", "--config.file",
+         str(ROOT / "deploy" / "config.example.yml"), "--web.config.file", str(copy)],
+        capture_output=True, text=True, check=False, env=_env(**EXAMPLE_SECRETS), cwd=tmp_path,
+        timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert f"{copy}: OK, no TLS; basic auth for 1 users" in proc.stdout
 
 
 # ------------------------------------------------------------------------------ once, every kind

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
@@ -75,11 +76,13 @@ def create_app(
     pollers: Sequence[Poller] | None = None,
     run_pollers: bool = True,
     keeper: StateKeeper | None = None,
+    middlewares: Iterable[Middleware] = (),
 ) -> web.Application:
     """Build the web application; pollers start with it and stop on cleanup.
 
     ``keeper`` is the exporter's memory; it is loaded here (blocking, before serving), so
-    the first scrape already serves the last-known state.
+    the first scrape already serves the last-known state. ``middlewares`` wrap every route
+    (the web config's TLS client checks and basic auth, exporter/web/security.py).
     """
     clock = clock or SystemClock()
     keeper = keeper or StateKeeper(None)
@@ -92,7 +95,7 @@ def create_app(
     )
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
-    app = web.Application()
+    app = web.Application(middlewares=middlewares)
     app[POLLERS] = pollers
     app[COLLECTOR] = collector
     app[CLOCK] = clock

@@ -30,6 +30,8 @@ from exporter.core.clock import SystemClock
 from exporter.core.collector import SnapshotCollector
 from exporter.core.config import Config, ConfigError, config_schema, load_config
 from exporter.core.state import StateKeeper, default_state_path
+from exporter.web.config import WebConfigError
+from exporter.web.security import Listener, WebSecurity
 
 log = logging.getLogger("exporter")
 
@@ -96,8 +98,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config.file", dest="config_file", default=DEFAULT_CONFIG)
     serve.add_argument("--web.listen-address", dest="listen", default=DEFAULT_LISTEN,
                        help=f"host:port to listen on (default {DEFAULT_LISTEN})")  # fmt: skip
+    _web_flags(serve)
     check = sub.add_parser("check-config", parents=[common], help="validate a config file")
-    check.add_argument("file")
+    check.add_argument("file", nargs="?", help="the config file (or --config.file)")
+    check.add_argument("--config.file", dest="config_file", default=None)
+    check.add_argument("--web.config.file", dest="web_config_file", default=None,
+                       help="also validate this web config file")  # fmt: skip
     once = sub.add_parser("once", parents=[common], help="poll every source once and print")
     once.add_argument("--config.file", dest="config_file", default=DEFAULT_CONFIG)
     cfg = sub.add_parser("config", help="configuration tools")
@@ -131,6 +137,52 @@ def _parser() -> argparse.ArgumentParser:
         "--url", help="a running exporter (its /api/status); default: the state database"
     )
     return parser
+
+
+def _web_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        default=None,
+        help="TLS and basic auth, in the Prometheus exporter-toolkit web config format; "
+        "re-read on SIGHUP",
+    )
+    parser.add_argument(
+        "--web.health-path",
+        dest="health_paths",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a path served without authentication, e.g. /-/healthy (repeatable; default none)",
+    )
+
+
+def _web_security(path: str | None, health_paths: Sequence[str]) -> WebSecurity | None:
+    try:
+        security = WebSecurity(path, health_paths=health_paths)
+    except WebConfigError as exc:
+        for item in exc.problems:
+            print(f"{path}: {item}" if path else item, file=sys.stderr)
+        return None
+    return security
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    path = args.config_file or args.file
+    if path is None or (args.file and args.config_file and args.file != args.config_file):
+        print("check-config: give the config file once (FILE or --config.file)", file=sys.stderr)
+        return EXIT_CONFIG
+    config = _load(path)
+    if config is None:
+        return EXIT_CONFIG
+    if args.web_config_file is not None:
+        security = _web_security(args.web_config_file, ())
+        if security is None:
+            return EXIT_CONFIG
+        security.close()
+        print(f"{args.web_config_file}: OK, {security.describe()}")
+    print(f"{path}: OK, {len(config.sources)} sources, {len(config.jobs)} jobs")
+    return 0
 
 
 def _load(path: str) -> Config | None:
@@ -180,7 +232,7 @@ def _start_watchdog(grace: float) -> None:
     threading.Thread(target=watch, name="shutdown-watchdog", daemon=True).start()
 
 
-async def _serve(config: Config, listen: str) -> None:
+async def _serve(config: Config, listen: str, security: WebSecurity | None = None) -> None:
     """Serve until SIGTERM/SIGINT; the shutdown is bounded.
 
     The first signal cancels the pollers (a running scan child is killed, sockets closed),
@@ -188,7 +240,9 @@ async def _serve(config: Config, listen: str) -> None:
     store, all within ``SHUTDOWN_GRACE``; a watchdog ends the process (status 1) one second
     after that if it has not exited, e.g. because the interpreter's exit joins a worker
     thread stuck in a blocking call. A second signal ends it at once (status 1).
+    SIGHUP re-reads the web config (``--web.config.file``); a broken file keeps the old one.
     """
+    security = security or WebSecurity(None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -202,19 +256,32 @@ async def _serve(config: Config, listen: str) -> None:
     # Handlers first: a SIGTERM while the state loads or the port opens is a shutdown too.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig.name)
-    app = create_app(config, keeper=StateKeeper(state_path(config)))
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_hangup() -> None:
+        task = asyncio.create_task(listener.reload(), name="web-config-reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    app = create_app(
+        config, keeper=StateKeeper(state_path(config)), middlewares=[security.middleware]
+    )
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=REQUEST_GRACE)
     await runner.setup()
     host, port = _split_listen(listen)
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    log.info("listening on %s with %d sources", listen, len(config.sources))
+    listener = Listener(runner, security, host, port)
+    await listener.start()
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    log.info("listening on %s with %d sources (%s)", listen, len(config.sources),
+             security.describe())  # fmt: skip
     await stop.wait()
     try:
         async with asyncio.timeout(SHUTDOWN_GRACE):
             await runner.cleanup()
     except TimeoutError:
         _force_exit(f"cleanup did not finish within {SHUTDOWN_GRACE:g}s; exiting now", 1)
+    listener.close()
+    security.close()
     # Leaving here, the interpreter joins worker threads at exit; one stuck in a blocking
     # call that never returns (an SDK on a dead connection) is what the watchdog ends.
 
@@ -354,11 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         return _demo(args)
     if args.command == "check-config":
-        config = _load(args.file)
-        if config is None:
-            return EXIT_CONFIG
-        print(f"{args.file}: OK, {len(config.sources)} sources, {len(config.jobs)} jobs")
-        return 0
+        return _check_config(args)
     config = _load(args.config_file)
     if config is None:
         return EXIT_CONFIG
@@ -371,5 +434,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.buffer.write(text)
         sys.stdout.flush()
         return 0 if ok else 1
-    asyncio.run(_serve(config, args.listen))
+    # A bad web config fails here, before anything starts (exit 2, like a bad config).
+    security = _web_security(args.web_config_file, args.health_paths)
+    if security is None:
+        return EXIT_CONFIG
+    asyncio.run(_serve(config, args.listen, security))
     return 0
