@@ -7,6 +7,7 @@ through polls, as it sees a real system.
 
 from __future__ import annotations
 
+import bisect
 import gzip
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -54,11 +55,14 @@ class World:
     def evidence(self, job: str, now: float) -> Evidence:
         """What a system's task log shows at ``now``: last start, last success, failed."""
         tracks = job not in self.no_starts
-        seen = [r for r in self.runs.get(job, ()) if r.began <= now]
-        if not seen:
+        runs = self.runs.get(job, [])
+        # Runs are appended in order and never overlap: look at the last few begun.
+        begun = bisect.bisect_right([r.began for r in runs[-400:]], now) + max(0, len(runs) - 400)
+        if not begun:
             return Evidence(tracks_start=tracks)
-        done = [r for r in seen if r.end <= now]
-        last_ok = max((r.end for r in done if r.ok), default=None)
+        seen = runs[:begun]
+        done = [r for r in seen[-3:] if r.end <= now]
+        last_ok = next((r.end for r in reversed(seen) if r.ok and r.end <= now), None)
         latest = done[-1] if done else None
         return Evidence(
             last_success=last_ok,

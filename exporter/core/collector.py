@@ -151,6 +151,7 @@ class SnapshotCollector:
         self._jobs_of: dict[str, tuple[Any, list[tuple[JobSpec, Evidence]]]] = {}
         self._statuses: list[JobStatus] = []
         self._job_memo: dict[JobLabels, tuple[tuple[object, ...], JobStatus, float]] = {}
+        self._jobs_rendered: tuple[dict[str, int], list[Metric]] | None = None
         # The exposition, in parts rebuilt only when they can change (exporter/core/exposition).
         self.exposition = Exposition(clock)
         self.exposition.add(Part("health", self._health_part, key=self._states))
@@ -220,8 +221,16 @@ class SnapshotCollector:
 
     def _jobs_part(self, now: float, *, cached: bool = True) -> Rendered:
         statuses = self._statuses_at(now, cached=cached)
+        valid = min((m[2] for m in self._job_memo.values()), default=math.inf)
         if cached:
+            same = len(statuses) == len(self._statuses) and all(
+                a is b for a, b in zip(statuses, self._statuses, strict=True)
+            )
             self._statuses = statuses
+            if same and self._jobs_rendered and self._jobs_rendered[0] == self.conflicts:
+                # No job changed (a poll brought the same evidence): the same families, so
+                # the exposition keeps their bytes.
+                return Rendered(self._jobs_rendered[1], valid)
         families = list(_noted(render_jobs(statuses)))
         conflicts = GaugeMetricFamily(
             "backup_job_conflicts",
@@ -234,7 +243,8 @@ class SnapshotCollector:
         families += _noted([conflicts])
         if not cached:
             return Rendered(families)
-        return Rendered(families, min((m[2] for m in self._job_memo.values()), default=math.inf))
+        self._jobs_rendered = (dict(self.conflicts), families)
+        return Rendered(families, valid)
 
     def _rendered(self, poller: Poller, snapshot: Any) -> list[Metric] | None:
         """``poller.source.render(snapshot)``, once per snapshot (None: the renderer failed)."""

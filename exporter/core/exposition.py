@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 MAX_FORMATS = 8
 # gzip level 6 (zlib's default): the bytes are made once per change, served many times.
 GZIP_LEVEL = 6
+OPENMETRICS = "application/openmetrics-text"
+EOF = b"# EOF\n"
 
 
 @dataclass
@@ -110,21 +112,23 @@ def merge(parts: Iterable[Iterable[Metric]]) -> list[Metric]:
 
     The inputs are not touched: a family that takes others' samples is a fresh copy.
     """
-    merged: dict[str, Metric] = {}
-    copied: set[str] = set()
+    return [family for family, _ in _groups(parts)]
+
+
+def _groups(parts: Iterable[Iterable[Metric]]) -> list[tuple[Metric, tuple[Metric, ...]]]:
+    """Return each merged family with the families it was made of."""
+    members: dict[str, list[Metric]] = {}
     for families in parts:
         for family in families:
-            seen = merged.get(family.name)
-            if seen is None:
-                merged[family.name] = family
-                continue
-            if family.name not in copied:
-                fresh = Metric(seen.name, seen.documentation, seen.type, seen.unit)
-                fresh.samples = list(seen.samples)
-                merged[family.name] = seen = fresh
-                copied.add(family.name)
-            seen.samples.extend(family.samples)
-    return list(merged.values())
+            members.setdefault(family.name, []).append(family)
+    out = []
+    for group in members.values():
+        first = group[0]
+        if len(group) > 1:
+            first = Metric(first.name, first.documentation, first.type, first.unit)
+            first.samples = [sample for family in group for sample in family.samples]
+        out.append((first, tuple(group)))
+    return out
 
 
 class _Families:
@@ -159,6 +163,9 @@ class Exposition:
         # The Accept header that first chose each content type (to serialize it again).
         self._accepts: dict[str, str] = {}
         self._generation_seen = -1
+        self._groups: list[tuple[Metric, tuple[Metric, ...]]] = []
+        # Per content type: each family's bytes and the part families they were made from.
+        self._chunks: dict[str, dict[str, tuple[tuple[Metric, ...], bytes]]] = {}
 
     def add(self, part: Part) -> Part:
         """Append ``part`` (its families come after the existing parts'); return it."""
@@ -177,7 +184,8 @@ class Exposition:
         for part in self.parts:
             changed = part.refresh(at) or changed
         if changed or self._generation_seen != self.generation:
-            self._families = merge(p.families for p in self.parts)
+            self._groups = _groups(p.families for p in self.parts)
+            self._families = [family for family, _ in self._groups]
             self._bodies.clear()
             self._generation_seen = self.generation
             changed = True
@@ -200,7 +208,7 @@ class Exposition:
         key = (content_type, gz)
         body = self._bodies.get(key)
         if body is None:
-            body = self._serialize(accept, content_type, gz, self._families)
+            body = self._cached(accept, content_type, gz)
             if key in self._served or len(self._served) < MAX_FORMATS:
                 self._bodies[key] = body
                 if key not in self._served:
@@ -222,17 +230,48 @@ class Exposition:
         """Serialize again the formats served before (after a poll, so no scrape waits)."""
         self.refresh()
         for content_type, gz in list(self._served):
-            key = (content_type, gz)
-            if key not in self._bodies:
+            if (content_type, gz) not in self._bodies:
                 accept = self._accepts.get(content_type, "")
-                self._bodies[key] = self._serialize(accept, content_type, gz, self._families)
+                self._bodies[(content_type, gz)] = self._cached(accept, content_type, gz)
+
+    def _cached(self, accept: str, content_type: str, gz: bool) -> Body:
+        """Serialize the whole exposition, reusing each family's bytes while it is unchanged.
+
+        A family's bytes are kept per content type with the part families it was merged
+        from (compared by identity): after one source's poll, only its families and the
+        health families are serialized again. Both encoders write each family on its own
+        (prometheus_client ``generate_latest``: one block per family), OpenMetrics ending
+        with one ``# EOF`` line, so the concatenation is what one call would write.
+        """
+        if content_type not in self._accepts:
+            if len(self._accepts) >= MAX_FORMATS:
+                return self._serialize(accept, content_type, gz, self._families)
+            self._accepts[content_type] = accept
+        if gz:
+            plain = self._bodies.get((content_type, False)) or self._cached(
+                accept, content_type, gz=False
+            )
+            data = gzip.compress(plain.data, compresslevel=GZIP_LEVEL, mtime=0)
+            return Body(data, content_type, gz)
+        encoder, _ = choose_encoder(accept)
+        old = self._chunks.get(content_type, {})
+        chunks: dict[str, tuple[tuple[Metric, ...], bytes]] = {}
+        for family, members in self._groups:
+            seen = old.get(family.name)
+            if seen is None or not _same(seen[0], members):
+                data = encoder(_Families([family]))
+                seen = (members, data.removesuffix(EOF))
+            chunks[family.name] = seen
+        self._chunks[content_type] = chunks
+        data = b"".join(chunk for _, chunk in chunks.values())
+        if content_type.startswith(OPENMETRICS):
+            data += EOF
+        return Body(data, content_type, gz)
 
     def _serialize(
         self, accept: str, content_type: str, gz: bool, families: Sequence[Metric]
     ) -> Body:
         encoder, _ = choose_encoder(accept)
-        if content_type not in self._accepts and len(self._accepts) < MAX_FORMATS:
-            self._accepts[content_type] = accept
         data = encoder(_Families(families))
         if gz:
             data = gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
