@@ -9,8 +9,9 @@ simulator lives in the fakes' process; a separate exporter process can't reach i
 import weight is printed apart). Both servers are scraped every ``--interval`` seconds (15, as
 Prometheus would) for ``--minutes``; then VmRSS and the CPU seconds used over that window
 (utime + stime from ``/proc/<pid>/stat``) are read. The floor is a bare prometheus_client
-server (``bench/scrape_cache.py --serve-floor``) serving the exporter's exposition, parsed
-once, with ``generate_latest`` on every scrape. Target (issue #15): RSS <= 1.3x the floor.
+server (``bench/scrape_floor.py``, importing nothing but aiohttp and prometheus_client)
+serving the exporter's exposition, parsed once, with ``generate_latest`` on every scrape.
+Target (issue #15): RSS <= 1.3x the floor.
 
 ``main(argv)`` returns the rows for ``make bench``; a markdown table is printed.
 """
@@ -125,8 +126,10 @@ def one(workdir: Path, seconds: float, interval: float) -> dict[str, Any]:
 def b2sdk_weight() -> float:
     """MiB of RSS that importing b2sdk adds (what a B2 source costs at start)."""
     code = (
-        "import resource,sys;a=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
-        "import b2sdk.v3;print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss-a)"
+        "import re,pathlib\n"
+        "def rss(): return int(re.search(r'VmRSS:\\s+(\\d+)',"
+        " pathlib.Path('/proc/self/status').read_text()).group(1))\n"
+        "a=rss()\nimport b2sdk.v3\nprint(rss()-a)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return int(out.stdout.strip()) / 1024

@@ -8,9 +8,9 @@ and 4,200 archives give ~6k series). Then, sequentially, one fresh HTTP connecti
 
 * **ours**: ``python -m exporter serve`` with one ``kind: proxmox`` source, polling every 20 s
   (polls fall inside the series: the p99 includes the scrapes that follow a poll);
-* **floor**: a bare prometheus_client server (aiohttp + ``make_aiohttp_handler``, as the
-  exporter used before the cache) whose collector returns the same families, parsed once
-  from our exposition: ``generate_latest`` of the same series on every scrape.
+* **floor**: ``bench/scrape_floor.py``, a bare prometheus_client server (aiohttp +
+  ``make_aiohttp_handler``, as the exporter used before the cache) whose collector returns
+  the same families, parsed once from our exposition: ``generate_latest`` on every scrape.
 
 Target (issue #15): ours p99 <= 1.0x the floor's. ``main(argv)`` returns one dict per size
 (medians over ``--runs``) for ``make bench``; the table is printed as markdown.
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -36,8 +37,6 @@ from scrape_latency import Server, free_port, get, spawn, start_ours, wait_until
 
 from exporter.sim.pve import FakePVE, homelab, start_fake_pve
 from exporter.sim.pve.scenario import FakeGuest, FakeJob, daily_starts
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def scaled(guests: int) -> Any:
@@ -72,33 +71,15 @@ class FakeThread:
         asyncio.run_coroutine_threadsafe(fake.stop(), self.loop).result(timeout=30)
 
 
-def serve_floor(exposition: Path, port: int) -> None:
-    """The floor server: the same families, serialized by prometheus_client on every scrape."""
-    from aiohttp import web  # noqa: PLC0415
-    from prometheus_client import CollectorRegistry  # noqa: PLC0415
-    from prometheus_client.aiohttp import make_aiohttp_handler  # noqa: PLC0415
-    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
-
-    families = list(text_string_to_metric_families(exposition.read_text()))
-
-    class Static:
-        def collect(self) -> Any:
-            return families
-
-        def describe(self) -> Any:
-            return []
-
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(Static())  # type: ignore[arg-type]
-    app = web.Application()
-    app.router.add_get("/metrics", make_aiohttp_handler(registry))
-    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
-
-
 def start_floor(exposition: Path, workdir: Path) -> Server:
     port = free_port()
-    argv = [sys.executable, __file__, "--serve-floor", str(exposition), "--port", str(port)]
-    return spawn("floor", argv, workdir / "floor.log", port, {"PYTHONPATH": str(ROOT)})
+    argv = [
+        sys.executable,
+        str(Path(__file__).with_name("scrape_floor.py")),
+        str(exposition),
+        str(port),
+    ]
+    return spawn("floor", argv, workdir / "floor.log", port, dict(os.environ))
 
 
 def timed(port: int, count: int) -> list[float]:
@@ -164,12 +145,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     )
     parser.add_argument("--scrapes", type=int, default=300)
     parser.add_argument("--runs", type=int, default=1)
-    parser.add_argument("--serve-floor", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.serve_floor:
-        serve_floor(args.serve_floor, args.port)
-        return []
     fakes = FakeThread()
     rows = []
     print(
