@@ -9,10 +9,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
-from prometheus_client import CollectorRegistry
-from prometheus_client.aiohttp import make_aiohttp_handler
 
 from exporter import __version__
 from exporter.core.clock import Clock, SystemClock
@@ -93,15 +91,13 @@ def create_app(
     collector = SnapshotCollector(
         pollers, clock=clock, jobs=config.jobs, keeper=keeper, assets=config.assets
     )
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
     app = web.Application(middlewares=middlewares)
     app[POLLERS] = pollers
     app[COLLECTOR] = collector
     app[CLOCK] = clock
     app[KEEPER] = keeper
     app[ZONE] = ZoneInfo(config.timezone)
-    app.router.add_get("/metrics", make_aiohttp_handler(registry))
+    app.router.add_get("/metrics", _metrics)
     app.router.add_get("/", _index)
     app.router.add_get("/api/status", _api_status)
     app.router.add_get("/-/healthy", _healthy)
@@ -129,6 +125,25 @@ async def _run_pollers(app: web.Application) -> AsyncIterator[None]:
             await poller.source.close()
         except Exception:
             log.exception("source=%s close failed", poller.name)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    """Serve the cached exposition, negotiated as prometheus_client's aiohttp handler does.
+
+    The bytes (per content type, gzip or not) are made once per change of the exposition
+    (exporter/core/exposition.py); ``?name[]=`` filters, serialized per request.
+    """
+    accept = ",".join(request.headers.getall(hdrs.ACCEPT, []))
+    encoding = ",".join(request.headers.getall(hdrs.ACCEPT_ENCODING, []))
+    exposition = request.app[COLLECTOR].exposition
+    names = request.query.getall("name[]", [])
+    body = (
+        exposition.filtered(names, accept, encoding) if names else exposition.body(accept, encoding)
+    )
+    headers = {hdrs.CONTENT_TYPE: body.content_type}
+    if body.gzipped:
+        headers[hdrs.CONTENT_ENCODING] = "gzip"
+    return web.Response(body=body.data, headers=headers)
 
 
 async def _healthy(_request: web.Request) -> web.Response:

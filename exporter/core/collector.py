@@ -30,8 +30,10 @@ ends and comes back) and counted in ``backup_job_conflicts{source}``.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -46,6 +48,7 @@ from exporter.assets.observe import judge_now
 from exporter.assets.render import render_assets
 from exporter.core.clock import Clock
 from exporter.core.config import JobConfig
+from exporter.core.exposition import Exposition, Part, Rendered, merge
 from exporter.core.poller import Poller
 from exporter.core.state import StateKeeper
 from exporter.schedule.expressions import parse_schedule
@@ -57,6 +60,7 @@ from exporter.schedule.jobs import (
     first_seen_key,
     render_jobs,
 )
+from exporter.schedule.windows import next_edge
 
 log = logging.getLogger(__name__)
 
@@ -150,49 +154,99 @@ class SnapshotCollector:
             else set()
         )
         for poller in pollers:
-            poller.on_success = self.persist
+            poller.on_success = self._on_success
         # Job conflicts of the last evaluation (source -> count) and the ones already logged.
         self.conflicts: dict[str, int] = {}
         self._logged_conflicts: set[tuple[JobLabels, str]] = set()
+        # Per source: the snapshot last rendered / asked for its jobs, and what came out.
+        self._renders: dict[str, tuple[Any, list[Metric] | None]] = {}
+        self._jobs_of: dict[str, tuple[Any, list[tuple[JobSpec, Evidence]]]] = {}
+        self._statuses: list[JobStatus] = []
+        self._job_memo: dict[JobLabels, tuple[tuple[object, ...], JobStatus, float]] = {}
+        self._jobs_rendered: tuple[dict[str, int], list[Metric]] | None = None
+        # The exposition, in parts rebuilt only when they can change (exporter/core/exposition).
+        self.exposition = Exposition(clock)
+        self.exposition.add(Part("health", self._health_part, key=self._states))
+        self.exposition.add(Part("state", lambda _now: self.keeper.render(), key=self._keeper_key))
+        for poller in pollers:
+            self.exposition.add(
+                Part(f"source:{poller.name}", self._source_part(poller), key=self._key_of(poller))
+            )
+        self.exposition.add(Part("jobs", self._jobs_part, key=self._evidence_key))
+        if self.assets:
+            # After "jobs": assets are judged on the job statuses that part just kept.
+            self.exposition.add(Part("assets", self._assets_part, key=self._assets_key))
 
     def describe(self) -> Iterable[Metric]:
         """Describe nothing, so registering never triggers a collect."""
         return []
 
     def collect(self) -> Iterator[Metric]:
-        """Yield every family, merging same-named families from sources of one kind."""
-        merged: dict[str, Metric] = {}
-        for family in self._families():
-            seen = merged.get(family.name)
-            if seen is None:
-                merged[family.name] = family
-            else:
-                seen.samples.extend(family.samples)
-        yield from merged.values()
+        """Yield every family, merging same-named families from sources of one kind (cached)."""
+        yield from self.exposition.families()
 
-    def _families(self) -> Iterator[Metric]:
-        yield from self._health()
-        yield from self.keeper.render()
-        for poller in self.pollers:
+    def fresh(self, now: float | None = None) -> list[Metric]:
+        """Render every part anew at ``now``, bypassing the cache (what the cache must equal)."""
+        at = self.clock.time() if now is None else now
+        rendered = []
+        for part in self.exposition.parts:
+            out = self._jobs_part(at, cached=False) if part.name == "jobs" else part.build(at)
+            rendered.append(out.families if isinstance(out, Rendered) else list(out))
+        return merge(rendered)
+
+    # ------------------------------------------------------------ the parts and their keys
+
+    def _states(self) -> tuple[object, ...]:
+        return tuple(p.state for p in self.pollers)
+
+    def _keeper_key(self) -> tuple[object, ...]:
+        return (self.keeper.path, self.keeper.error)
+
+    def _key_of(self, poller: Poller) -> Any:
+        def key() -> tuple[object, ...]:
+            snapshot = poller.state.snapshot
+            if snapshot is not None:
+                return (snapshot,)
+            return (None, self.keeper.results.get(poller.name))
+
+        return key
+
+    def _evidence_key(self) -> tuple[object, ...]:
+        return tuple(k for p in self.pollers for k in self._key_of(p)())
+
+    def _health_part(self, now: float) -> Rendered:
+        edges = (next_edge(p.offline, now) for p in self.pollers if p.offline)
+        return Rendered(list(self._health()), min(edges, default=math.inf))
+
+    def _source_part(self, poller: Poller) -> Any:
+        def build(_now: float) -> list[Metric]:
             snapshot = poller.state.snapshot
             if snapshot is None:
                 # Not polled since the restart: serve what the last good poll rendered.
                 stored = self.keeper.results.get(poller.name)
-                if stored is not None:
-                    yield from _noted(_copy(f) for f in stored.families)
-                continue
-            try:
-                families = list(poller.source.render(snapshot))
-            except Exception:
-                # A bug in one renderer must not take the whole scrape down, nor leave half
-                # of that source's families in it.
-                log.exception("source=%s render failed", poller.name)
-                continue
-            yield from _noted(families)
-        statuses = self.job_statuses()
-        yield from _noted(render_jobs(statuses))
-        if self.assets:
-            yield from _noted(render_assets(self.asset_statuses(statuses)))
+                if stored is None:
+                    return []
+                return list(_noted(_copy(f) for f in stored.families))
+            # A bug in one renderer must not take the whole scrape down, nor leave half of
+            # that source's families in it.
+            families = self._rendered(poller, snapshot)
+            return [] if families is None else list(_noted(_copy(f) for f in families))
+
+        return build
+
+    def _jobs_part(self, now: float, *, cached: bool = True) -> Rendered:
+        statuses = self._statuses_at(now, cached=cached)
+        valid = min((m[2] for m in self._job_memo.values()), default=math.inf)
+        if cached:
+            same = len(statuses) == len(self._statuses) and all(
+                a is b for a, b in zip(statuses, self._statuses, strict=True)
+            )
+            self._statuses = statuses
+            if same and self._jobs_rendered and self._jobs_rendered[0] == self.conflicts:
+                # No job changed (a poll brought the same evidence): the same families, so
+                # the exposition keeps their bytes.
+                return Rendered(self._jobs_rendered[1], valid)
+        families = list(_noted(render_jobs(statuses)))
         conflicts = GaugeMetricFamily(
             "backup_job_conflicts",
             "Jobs dropped now because another job has the same labels "
@@ -201,33 +255,76 @@ class SnapshotCollector:
         )
         for source in sorted({p.name for p in self.pollers} | set(self.conflicts)):
             conflicts.add_metric([source], float(self.conflicts.get(source, 0)))
-        yield from _noted([conflicts])
+        families += _noted([conflicts])
+        if not cached:
+            return Rendered(families)
+        self._jobs_rendered = (dict(self.conflicts), families)
+        return Rendered(families, valid)
+
+    def _assets_key(self) -> tuple[object, ...]:
+        return (*self._states(), *self._statuses, *self._evidence_key())
+
+    def _assets_part(self, now: float) -> Rendered:
+        statuses = self.asset_statuses(self._statuses, now)
+        valid = self.asset_next_change if self.asset_next_change is not None else math.inf
+        return Rendered(list(_noted(render_assets(statuses))), valid)
+
+    def _rendered(self, poller: Poller, snapshot: Any) -> list[Metric] | None:
+        """``poller.source.render(snapshot)``, once per snapshot (None: the renderer failed)."""
+        memo = self._renders.get(poller.name)
+        if memo is not None and memo[0] is snapshot:
+            return memo[1]
+        families: list[Metric] | None
+        try:
+            families = list(poller.source.render(snapshot))
+        except Exception:
+            log.exception("source=%s render failed", poller.name)
+            families = None
+        self._renders[poller.name] = (snapshot, families)
+        return families
+
+    def _on_success(self, poller: Poller) -> None:
+        """After a good poll: persist it, and serialize again what scrapes asked for."""
+        self.persist(poller)
+        self.exposition.warm()
 
     def _discovered(self, poller: Poller) -> list[tuple[JobSpec, Evidence]] | None:
         snapshot = poller.state.snapshot
         if snapshot is None:
             stored = self.keeper.results.get(poller.name)
             return None if stored is None else list(stored.jobs)
+        memo = self._jobs_of.get(poller.name)
+        if memo is not None and memo[0] is snapshot:
+            return memo[1]
         try:
-            return list(poller.source.jobs(snapshot))
+            found = list(poller.source.jobs(snapshot))
         except Exception:
             log.exception("source=%s job discovery failed", poller.name)
-            return []
+            found = []
+        self._jobs_of[poller.name] = (snapshot, found)
+        return found
+
+    def _first_seen(self, spec: JobSpec, now: float) -> float | None:
+        if not self.keeper.enabled:
+            return None
+        key = first_seen_key(spec)
+        if spec.source in self._bootstrap and key not in self.keeper.first_seen:
+            first_seen = self.keeper.first_seen_at(key, 0.0)
+        else:
+            first_seen = self.keeper.first_seen_at(key, now)
+        return first_seen or None  # 0: judged on all history
 
     def _evaluate(self, spec: JobSpec, evidence: Evidence, now: float, *, known: bool) -> JobStatus:
-        first_seen = None
-        if self.keeper.enabled:
-            key = first_seen_key(spec)
-            if spec.source in self._bootstrap and key not in self.keeper.first_seen:
-                first_seen = self.keeper.first_seen_at(key, 0.0)
-            else:
-                first_seen = self.keeper.first_seen_at(key, now)
-            first_seen = first_seen or None  # 0: judged on all history
+        first_seen = self._first_seen(spec, now)
         return evaluate(spec, evidence, now, first_seen=first_seen, known=known)
 
     def job_statuses(self) -> list[JobStatus]:
-        """Evaluate every job (config and discovered) at the clock's now, without duplicates."""
-        now = self.clock.time()
+        """Every job's status now (config and discovered, without duplicates; cached)."""
+        self.exposition.refresh()
+        return list(self._statuses)
+
+    def _statuses_at(self, now: float, *, cached: bool = True) -> list[JobStatus]:
+        """Evaluate every job (config and discovered) at ``now``, without duplicates."""
         candidates: list[tuple[JobSpec, Evidence, bool, str]] = []
         for poller in self.pollers:
             for spec, evidence in self._discovered(poller) or ():
@@ -237,17 +334,38 @@ class SnapshotCollector:
             candidates.append((spec, evidence, known, "config"))
         kept, dropped = _without_duplicates(candidates)
         self._note_conflicts(dropped)
-        return [self._evaluate(spec, ev, now, known=known) for spec, ev, known, _ in kept]
+        if not cached:
+            return [self._evaluate(spec, ev, now, known=known) for spec, ev, known, _ in kept]
+        # A job is evaluated again only when what it is judged on changed, or once its own
+        # next change (JobStatus.next_change) is reached: a deadline costs one evaluation.
+        memo: dict[JobLabels, tuple[tuple[object, ...], JobStatus, float]] = {}
+        statuses = []
+        for spec, ev, known, _ in kept:
+            labels = job_labels(spec)
+            first_seen = self._first_seen(spec, now)
+            key = (first_seen_key(spec), tuple(sorted(spec.labels.items())), ev, known, first_seen)
+            seen = self._job_memo.get(labels)
+            if seen is not None and seen[0] == key and now < seen[2]:
+                status, until = seen[1], seen[2]
+            else:
+                status = evaluate(spec, ev, now, first_seen=first_seen, known=known)
+                until = status.next_change(now)
+            memo[labels] = (key, status, until)
+            statuses.append(status)
+        self._job_memo = memo
+        return statuses
 
     def verification_statuses(self) -> Mapping[str, Sequence[VerificationStatus]]:
         """Return the verification records' statuses by asset (none yet: records to come)."""
         return {}
 
-    def asset_statuses(self, job_statuses: Sequence[JobStatus] | None = None) -> list[AssetStatus]:
-        """Judge every asset at the clock's now (``exporter.assets.engine``; no I/O)."""
+    def asset_statuses(
+        self, job_statuses: Sequence[JobStatus] | None = None, now: float | None = None
+    ) -> list[AssetStatus]:
+        """Judge every asset at ``now`` (default the clock's; ``exporter.assets.engine``)."""
         if not self.assets:
             return []
-        now = self.clock.time()
+        now = self.clock.time() if now is None else now
         jobs = self.job_statuses() if job_statuses is None else job_statuses
         statuses, self.asset_next_change = judge_now(
             self.assets,
@@ -311,10 +429,8 @@ class SnapshotCollector:
             return
         snapshot = poller.state.snapshot
         now = self.clock.time()
-        try:
-            families = list(poller.source.render(snapshot))
-        except Exception:
-            log.exception("source=%s render failed", poller.name)
+        families = self._rendered(poller, snapshot)
+        if families is None:
             return
         discovered = self._discovered(poller) or []
         config = {

@@ -50,6 +50,7 @@ Sample exposition::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -57,6 +58,7 @@ from typing import Literal, get_args
 
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 
+from exporter.schedule.base import LOOKBACK
 from exporter.schedule.expressions import NoNextStartError, Schedule
 
 
@@ -127,6 +129,41 @@ class JobStatus:
     first_deadline: float | None = None
     runs_expected: int = 0
     runs_met: int = 0
+
+    def next_change(self, now: float) -> float:
+        """Return the earliest instant after ``now`` at which :func:`evaluate` may answer otherwise.
+
+        With the same evidence, first seen and ``known``, the status is a function of three
+        instants only: the expected start (the latest start ``<= now``: it moves at the next
+        start), the latest start whose finish deadline passed (it moves once ``now`` passes
+        ``s + grace`` for the first start ``s >= now - grace``), and the same for the start
+        deadline. A start older than :data:`~exporter.schedule.base.LOOKBACK` is forgotten,
+        which is a change too. The earliest of those is returned (``math.inf`` if none comes):
+        evaluating at any instant before it gives this status again, so the exposition cache
+        keeps it. Schedules count whole seconds (``Schedule`` truncates), as ``evaluate`` does.
+        """
+        spec = self.spec
+        sched = spec.schedule
+        instants = [_first_start_at_or_after(sched, now, after=True)]
+        graces = [g for g in (spec.grace, spec.start_grace) if g is not None]
+        for grace in graces:
+            start = _first_start_at_or_after(sched, now - grace)
+            instants.append(None if start is None else start + grace)
+        for grace in (0.0, *graces):
+            at = datetime.fromtimestamp(now - grace, UTC) - timedelta(microseconds=1)
+            latest = _ts(sched.latest_at_or_before(at))
+            if latest is not None:
+                instants.append(latest + grace + LOOKBACK.total_seconds())
+        return min((t for t in instants if t is not None), default=math.inf)
+
+
+def _first_start_at_or_after(schedule: Schedule, t: float, *, after: bool = False) -> float | None:
+    """Return the first start at or after ``t`` (strictly after with ``after``), or None."""
+    at = datetime.fromtimestamp(t, UTC)
+    try:
+        return schedule.next_after(at if after else at - timedelta(microseconds=1)).timestamp()
+    except NoNextStartError:
+        return None
 
 
 def _ts(dt: datetime | None) -> float | None:

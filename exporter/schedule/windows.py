@@ -10,11 +10,13 @@ before.
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from exporter.schedule.base import Schedule
+from exporter.schedule.base import NoNextStartError, Schedule
 
 
 @dataclass(frozen=True)
@@ -33,3 +35,20 @@ class OfflineWindow:
 def expected_offline(windows: Iterable[OfflineWindow], now: float) -> bool:
     """Tell whether any of ``windows`` is open at ``now``."""
     return any(w.contains(now) for w in windows)
+
+
+def next_edge(windows: Iterable[OfflineWindow], now: float) -> float:
+    """Return the earliest instant after ``now`` at which :func:`expected_offline` may change.
+
+    A window's :meth:`~OfflineWindow.contains` moves at its latest start's end and at its
+    next start; ``math.inf`` when no window has either.
+    """
+    at = datetime.fromtimestamp(now, UTC)
+    edges: list[float] = []
+    for window in windows:
+        start = window.schedule.latest_at_or_before(at)
+        if start is not None and now < start.timestamp() + window.duration:
+            edges.append(start.timestamp() + window.duration)
+        with contextlib.suppress(NoNextStartError):
+            edges.append(window.schedule.next_after(at).timestamp())
+    return min(edges, default=math.inf)
