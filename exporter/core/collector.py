@@ -29,6 +29,7 @@ ends and comes back) and counted in ``backup_job_conflicts{source}``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
@@ -222,7 +223,11 @@ class SnapshotCollector:
             candidates.append((spec, evidence, known, "config"))
         kept, dropped = _without_duplicates(candidates)
         self._note_conflicts(dropped)
-        return [self._evaluate(spec, ev, now, known=known) for spec, ev, known, _ in kept]
+        return [self._with_sla(self._evaluate(s, ev, now, known=k), now) for s, ev, k, _ in kept]
+
+    def _with_sla(self, status: JobStatus, now: float) -> JobStatus:
+        expected, met = self.keeper.sla(status.spec, status.first_seen, now)
+        return dataclasses.replace(status, runs_expected=expected, runs_met=met)
 
     def _note_conflicts(self, dropped: list[tuple[JobSpec, str]]) -> None:
         counts: dict[str, int] = {}
@@ -284,6 +289,8 @@ class SnapshotCollector:
         # Runs are kept per job labels: a dropped duplicate must not add to the other's history.
         kept, _ = _without_duplicates(candidates)
         statuses = [self._evaluate(s, e, now, known=True) for s, e, _, _ in kept]
+        for status in statuses:
+            self.keeper.sla(status.spec, status.first_seen, now)  # its first seen, if new
         self._bootstrap.discard(poller.name)
         self.keeper.record(
             poller.name,
