@@ -52,3 +52,4 @@ class VerificationStatus:
     last_pass: float | None
     last_fail: float | None
     overdue: bool  # no pass within the interval
+    due: float = 0.0  # when a pass is due: last pass (or the asset's first seen) + interval

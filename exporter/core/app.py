@@ -1,4 +1,7 @@
-"""The aiohttp application: ``/metrics``, the status page ``/``, ``/-/healthy`` and ``/-/ready``."""
+"""The aiohttp application: ``/metrics``, the status page ``/``, ``/-/healthy``, ``/-/ready``.
+
+And ``POST /api/records`` (verification records, see :mod:`exporter.assets.api`).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from exporter import __version__
+from exporter.assets.api import RecordsApi, add_records_api
 from exporter.core.clock import Clock, SystemClock
 from exporter.core.collector import SnapshotCollector
 from exporter.core.config import Config, SourceConfig
@@ -77,7 +81,14 @@ def create_app(
     if pollers is None:
         pollers = build_pollers(config, clock=clock, keeper=keeper)
     pollers = list(pollers)
-    collector = SnapshotCollector(pollers, clock=clock, jobs=config.jobs, keeper=keeper)
+    collector = SnapshotCollector(
+        pollers,
+        clock=clock,
+        jobs=config.jobs,
+        keeper=keeper,
+        assets=config.assets,
+        verification=config.verification,
+    )
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     app = web.Application()
@@ -90,6 +101,8 @@ def create_app(
     app.router.add_get("/", _index)
     app.router.add_get("/-/healthy", _healthy)
     app.router.add_get("/-/ready", _ready)
+    zone = ZoneInfo(config.timezone)
+    add_records_api(app, RecordsApi(config.records_api, tuple(config.assets), keeper, clock, zone))
     if run_pollers:
         app.cleanup_ctx.append(_run_pollers)
     app.on_cleanup.append(_close_keeper)

@@ -40,6 +40,14 @@ from prometheus_client.core import (
 )
 
 from exporter import __version__
+from exporter.assets.model import VerificationStatus
+from exporter.assets.records import (
+    VerificationConfig,
+    render_verification,
+)
+from exporter.assets.records import (
+    verification_statuses as judge_verifications,
+)
 from exporter.core.clock import Clock
 from exporter.core.config import JobConfig
 from exporter.core.poller import Poller
@@ -124,8 +132,12 @@ class SnapshotCollector:
         clock: Clock,
         jobs: Mapping[str, JobConfig] | None = None,
         keeper: StateKeeper | None = None,
+        assets: Iterable[str] = (),
+        verification: VerificationConfig | None = None,
     ) -> None:
         self.pollers = pollers
+        self.assets = tuple(assets)
+        self.verification = verification or VerificationConfig()
         self.clock = clock
         self.job_configs = dict(jobs or {})
         self._job_specs = config_job_specs(self.job_configs)
@@ -179,6 +191,7 @@ class SnapshotCollector:
                 continue
             yield from _noted(families)
         yield from _noted(render_jobs(self.job_statuses()))
+        yield from _noted(render_verification(self.verification_statuses(), self.verification))
         conflicts = GaugeMetricFamily(
             "backup_job_conflicts",
             "Jobs dropped now because another job has the same labels "
@@ -188,6 +201,21 @@ class SnapshotCollector:
         for source in sorted({p.name for p in self.pollers} | set(self.conflicts)):
             conflicts.add_metric([source], float(self.conflicts.get(source, 0)))
         yield from _noted([conflicts])
+
+    def verification_statuses(self) -> list[VerificationStatus]:
+        """Judge each asset's restore tests, DR drills and docs reviews at the clock's now.
+
+        From the records the keeper last read (after a poll): no I/O. A never-verified
+        activity is due one interval after the asset was first seen.
+        """
+        now = self.clock.time()
+        return judge_verifications(
+            self.assets,
+            self.keeper.verifications,
+            self.verification,
+            lambda asset: self.keeper.first_seen_at(f"verification\x1f{asset}", now),
+            now,
+        )
 
     def _discovered(self, poller: Poller) -> list[tuple[JobSpec, Evidence]] | None:
         snapshot = poller.state.snapshot

@@ -35,6 +35,7 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from exporter.assets.config import AssetConfig
+from exporter.assets.records import RecordsApiConfig, VerificationConfig
 from exporter.core.fields import (
     STRICT,
     ConfigError,
@@ -273,6 +274,9 @@ class Config:
     sources: Mapping[str, SourceConfig] = field(default_factory=dict)
     jobs: Mapping[str, JobConfig] = field(default_factory=dict)
     assets: Mapping[str, AssetConfig] = field(default_factory=dict)
+    # Verification records: how often each activity is due, and the optional records API.
+    verification: VerificationConfig = field(default_factory=VerificationConfig)
+    records_api: RecordsApiConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -339,6 +343,8 @@ def _document(specs: tuple[tuple[str, KindSpec], ...]) -> type[BaseModel]:
         sources=(dict[str, source], {}),
         jobs=(dict[str, JobConfig], {}),
         assets=(dict[str, AssetConfig], {}),
+        verification=(VerificationConfig, VerificationConfig()),
+        records_api=(RecordsApiConfig | None, None),
     )
     return model
 
@@ -551,6 +557,8 @@ def parse_config(
         sources=getattr(parsed, "sources", {}),
         jobs=getattr(parsed, "jobs", {}),
         assets=getattr(parsed, "assets", {}),
+        verification=getattr(parsed, "verification", VerificationConfig()),
+        records_api=getattr(parsed, "records_api", None),
     )
 
 

@@ -38,6 +38,7 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from exporter.assets.records import Record
 from exporter.core.store import Run, SourceResult, StateError, StateStore
 from exporter.schedule.expressions import ScheduleError, parse_schedule
 from exporter.schedule.jobs import Evidence, JobSpec, JobStatus, first_seen_key, job_key
@@ -182,6 +183,10 @@ class StateKeeper:
         self._sla_lock = threading.Lock()
         self._successes: dict[str, list[float]] = {}
         self._tallies: dict[str, Tally] = {}
+        # Verification records, re-read in the store thread after each poll (and after a
+        # record is posted): the newest time of each (activity, asset, result), and the last id.
+        self.verifications: Mapping[tuple[str, str, str], float] = {}
+        self._last_record_id = 0
 
     @property
     def enabled(self) -> bool:
@@ -203,6 +208,7 @@ class StateKeeper:
             self.first_seen = self.store.all_first_seen()
             self.memories = self.store.all_memories()
             self._add_successes(self.store.runs())
+            self._read_records(self.store)
         except StateError as exc:
             self._failed(exc)
             return
@@ -308,8 +314,36 @@ class StateKeeper:
             self._save_first_seen(store, {})
             store.save_result(source, taken_at, fams, payload)
             store.replace_memory(source, mem)
+            # Records written meanwhile (by the CLI, another process) show after this poll.
+            self._read_records(store)
 
         self.submit(write)
+
+    def _read_records(self, store: StateStore) -> None:
+        # Store thread only: fold the records newer than the last one read into a new map.
+        new = store.records(after_id=self._last_record_id)
+        if not new:
+            return
+        latest = dict(self.verifications)
+        for rec in new:
+            key = (rec.activity, rec.asset, rec.result)
+            latest[key] = max(latest.get(key, rec.at), rec.at)
+        self._last_record_id = new[-1].id
+        self.verifications = latest  # one assignment: a scrape sees the old map or the new
+
+    async def add_record(self, record: Record, now: float) -> int | None:
+        """Append a verification record in the store thread; its id, or None if unusable."""
+        if self.path is None:
+            return None
+
+        def write(store: StateStore) -> int:
+            rid = store.add_record(**asdict(record), now=now)
+            self._read_records(store)
+            return rid
+
+        future = self._executor.submit(self._with_store, write)
+        result = await asyncio.wrap_future(future)
+        return result if isinstance(result, int) else None
 
     def _add_successes(self, runs: Iterable[Run]) -> None:
         with self._sla_lock:
