@@ -106,6 +106,20 @@ EXPORTED = {
     "backup_files_newest_timestamp_seconds",
     "backup_files",
     "backup_files_size_bytes",
+    "backup_job_runs_expected_total",
+    "backup_job_runs_met_total",
+    "backup_verification_last_timestamp_seconds",
+    "backup_verification_interval_seconds",
+    "backup_verification_due_timestamp_seconds",
+    # The asset engine's SLA roll-ups (exporter/assets, helper A), used by alerts/sla.rules.yml.
+    "backup_asset_runs_expected_total",
+    "backup_asset_runs_met_total",
+    "backup_asset_sla_target_ratio",
+    # Recorded by alerts/sla.rules.yml.
+    "backup_job:backup_sla_ratio:7d",
+    "backup_job:backup_sla_ratio:30d",
+    "asset:backup_sla_ratio:7d",
+    "asset:backup_sla_ratio:30d",
 }
 
 _KEYWORDS = frozenset(

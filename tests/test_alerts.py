@@ -23,7 +23,7 @@ from promql_names import (
 RULE_FILES = sorted(ALERTS_DIR.glob("*.rules.yml"))
 TEST_FILES = sorted((ALERTS_DIR / "tests").glob("*.yml"))
 RUNBOOK = ALERTS_DIR / "runbook.md"
-GROUPS = {"exporter", "proxmox", "jobs", "storage", "disks", "offsite", "verification"}
+GROUPS = {"exporter", "proxmox", "jobs", "storage", "disks", "offsite", "verification", "sla"}
 SEVERITIES = {"critical", "warning", "info"}
 # vector(1) cannot be false: the watchdog has no must-not-fire case by design.
 ALWAYS_FIRING = {"BackupWatchdog"}
