@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -216,3 +217,26 @@ def test_the_tally_agrees_with_the_backtest_replay_on_random_histories() -> None
         oracle = backtest(spec, runs, start=anchor, end=end)
         assert (tally.expected, tally.met) == (oracle.expected_runs, oracle.met_runs), case
         assert tally.expected > 0
+
+
+def test_the_overview_dashboard_leads_with_the_backup_sla_row() -> None:
+    data = json.loads((Path(__file__).parents[1] / "dashboards" / "overview.json").read_text())
+    first = data["panels"][0]
+    assert (first["type"], first["title"]) == ("row", "Backup SLA")
+    sla = []
+    for panel in data["panels"][1:]:
+        if panel["type"] == "row":
+            break
+        sla.append(panel)
+    exprs = {p["title"]: p["targets"][0]["expr"] for p in sla}
+    assert set(exprs) == {
+        "SLA per asset, 30 days",
+        "SLA per asset, 7 days",
+        "Runs met and missed per day",
+    }
+    assert "increase(backup_asset_runs_met_total" in exprs["SLA per asset, 30 days"]
+    assert "[30d]" in exprs["SLA per asset, 30 days"]
+    grid = next(p for p in sla if p["title"] == "Runs met and missed per day")
+    assert grid["type"] == "state-timeline"
+    assert grid["targets"][0]["interval"] == "1d"  # one cell per day
+    assert "backup_job_runs_expected_total" in exprs["Runs met and missed per day"]
