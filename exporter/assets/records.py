@@ -39,14 +39,12 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass as plain_dataclass
 from dataclasses import field
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Literal, get_args
 from zoneinfo import ZoneInfo
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from pydantic.dataclasses import dataclass
 from pydantic.json_schema import SkipJsonSchema
-from pydantic_core import PydanticCustomError
 
 from exporter.assets.model import VerificationStatus
 from exporter.core.fields import (
@@ -56,7 +54,6 @@ from exporter.core.fields import (
     Duration,
     Loc,
     Secret,
-    expand_env,
 )
 
 Activity = Literal["restore-test", "dr-drill", "docs-review"]
@@ -200,24 +197,18 @@ class RecordsApiConfig(ConfigSection):
             )
         name = raw.get("token_file")
         if name is None:
+            return raw  # "token_file: missing" comes from the field
+        # The same reading as every *_file secret (relative to the config, ${ENV}, not empty).
+        from exporter.core.config import _read_secret  # noqa: PLC0415 - config imports us
+
+        secret = _read_secret(raw, "token", found, context)
+        raw["token_file"] = name
+        if secret is None:
             return raw
-        try:
-            path = Path(expand_env(str(name))).expanduser()
-        except PydanticCustomError as exc:  # an ${ENV} that is not set
-            found.append((("token_file",), exc.message()))
+        if len(secret.reveal()) < 16:
+            found.append((("token_file",), "the token must have at least 16 characters"))
             return raw
-        base = context.get("base_dir")
-        if base is not None and not path.is_absolute():
-            path = base / path
-        try:
-            value = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            found.append((("token_file",), f"cannot read {path}: {exc.strerror or exc}"))
-            return raw
-        if len(value) < 16:
-            found.append((("token_file",), f"{path}: the token must have at least 16 characters"))
-            return raw
-        raw["token"] = Secret(value)
+        raw["token"] = secret
         return raw
 
 

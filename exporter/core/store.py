@@ -22,6 +22,7 @@ or corrupt database raises :class:`StateError` with a machine-readable ``reason`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
@@ -249,19 +250,24 @@ class StateStore:
         """Return the schema version of the open database."""
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
-    def _write(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> int:
-        """Run one statement over ``rows`` in one immediate transaction."""
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One immediate transaction: committed at the end, rolled back on any exception."""
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                count = self._db.executemany(sql, rows).rowcount
+                yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise _classify(exc, self.path) from exc
-        return count
+
+    def _write(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> int:
+        """Run one statement over ``rows`` in one immediate transaction."""
+        with self._transaction() as db:
+            return db.executemany(sql, rows).rowcount
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         try:
@@ -358,19 +364,9 @@ class StateStore:
     def replace_memory(self, source: str, values: Mapping[str, Any]) -> None:
         """Make ``values`` the whole memory of ``source`` (keys not in it are dropped)."""
         rows = [(source, key, json.dumps(value)) for key, value in values.items()]
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute("DELETE FROM memory WHERE source = ?", (source,))
-                self._db.executemany(
-                    "INSERT INTO memory (source, key, value) VALUES (?, ?, ?)", rows
-                )
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise _classify(exc, self.path) from exc
+        with self._transaction() as db:
+            db.execute("DELETE FROM memory WHERE source = ?", (source,))
+            db.executemany("INSERT INTO memory (source, key, value) VALUES (?, ?, ?)", rows)
 
     def memory(self, source: str) -> dict[str, Any]:
         """Return everything remembered for ``source``."""
@@ -400,21 +396,13 @@ class StateStore:
     ) -> int:
         """Append one verification record in its own transaction; return its id."""
         row = (activity, asset, result, at, note, depth, origin, now)
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                cursor = self._db.execute(
-                    "INSERT INTO record "
-                    "(activity, asset, result, at, note, depth, origin, recorded_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    row,
-                )
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise _classify(exc, self.path) from exc
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO record "
+                "(activity, asset, result, at, note, depth, origin, recorded_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
         return int(cursor.lastrowid or 0)
 
     def records(self, *, asset: str | None = None, after_id: int = 0) -> list[StoredRecord]:
