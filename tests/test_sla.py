@@ -9,10 +9,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import yaml
+from conftest import MemoryConfig
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
+from test_alerts import require_tool, run
 
 from exporter.core.clock import FakeClock
 from exporter.core.collector import SnapshotCollector
@@ -24,7 +28,6 @@ from exporter.schedule.expressions import parse_schedule
 from exporter.schedule.jobs import Evidence, JobSpec
 from exporter.schedule.sla import Tally
 from exporter.sources.base import FetchContext, Source
-from tests.conftest import MemoryConfig
 
 DAY = 86400.0
 HOUR = 3600.0
@@ -240,3 +243,60 @@ def test_the_overview_dashboard_leads_with_the_backup_sla_row() -> None:
     assert grid["type"] == "state-timeline"
     assert grid["targets"][0]["interval"] == "1d"  # one cell per day
     assert "backup_job_runs_expected_total" in exprs["Runs met and missed per day"]
+
+
+def _daily_steps(days: int, skip: int | None = None) -> str:
+    """Hourly samples of a counter that steps +1 at 06:00 each day (but on day ``skip``)."""
+    values, count = [], 0
+    for day in range(days):
+        for hour in range(24):
+            if hour == 6 and day != skip:
+                count += 1
+            values.append(str(count))
+    return " ".join(values)
+
+
+def test_the_per_day_grid_shows_met_missed_and_nothing_due(tmp_path: Path) -> None:
+    """Evaluate the grid's query with promtool: 1 met, 2 missed, 0 when no run was due."""
+    promtool = require_tool("promtool")
+    data = json.loads((Path(__file__).parents[1] / "dashboards" / "overview.json").read_text())
+    (grid,) = [p for p in data["panels"] if p.get("title") == "Runs met and missed per day"]
+    expr = grid["targets"][0]["expr"].replace("$source", ".*")
+    daily = {"source": "pve1", "backup_job": "daily", "vmid": "100"}
+    weekly = {"source": "nas", "backup_job": "weekly", "vmid": ""}
+
+    def series(name: str, labels: dict[str, str], values: str) -> dict[str, str]:
+        body = ", ".join(f'{k}="{v}"' for k, v in labels.items())
+        return {"series": f"{name}{{{body}}}", "values": values}
+
+    def sample(value: float, labels: dict[str, str]) -> dict[str, Any]:
+        body = ", ".join(f'{k}="{v}"' for k, v in sorted(labels.items()) if v)  # "" is unset
+        return {"labels": f"{{{body}}}", "value": value}
+
+    test = {
+        "rule_files": [],
+        "evaluation_interval": "1h",
+        "tests": [
+            {
+                "interval": "1h",
+                "input_series": [
+                    series("backup_job_runs_expected_total", daily, _daily_steps(5)),
+                    series("backup_job_runs_met_total", daily, _daily_steps(5, skip=2)),
+                    series("backup_job_runs_expected_total", weekly, "0x119"),
+                    series("backup_job_runs_met_total", weekly, "0x119"),
+                ],
+                "promql_expr_test": [
+                    {
+                        "expr": expr,
+                        "eval_time": f"{day}d12h",
+                        "exp_samples": [sample(want, daily), sample(0, weekly)],
+                    }
+                    for day, want in ((1, 1), (2, 2), (3, 1))
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "grid.test.yml"
+    path.write_text(yaml.safe_dump(test))
+    result = run(promtool, "test", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
