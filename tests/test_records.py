@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -345,3 +346,16 @@ async def test_the_records_api_is_404_unless_configured(
     )
     assert response.status == 404
     await client.close()
+
+
+def test_record_refuses_to_guess_the_database(tmp_path: Path) -> None:
+    (tmp_path / "config.yml").write_text(yaml.safe_dump({"assets": {"immich": {"rpo": "2d"}}}))
+    done = subprocess.run(
+        [sys.executable, "-m", "exporter", "record", "dr-drill", "--asset", "immich",
+         "--result", "pass", "--config.file", str(tmp_path / "config.yml")],
+        capture_output=True, text=True, check=False, timeout=60, cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "STATE_DIRECTORY"},
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "set state_path in the config" in done.stderr
+    assert not (tmp_path / "state.db").exists()

@@ -155,6 +155,14 @@ def _record(config: Config, args: argparse.Namespace) -> int:
     except RecordError as exc:
         print(f"record: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if config.state_path is None and not os.environ.get("STATE_DIRECTORY"):
+        # The default would be ./state.db here: a record the exporter would never see.
+        print(
+            "record: set state_path in the config (the exporter's state database), "
+            "or STATE_DIRECTORY as the exporter's unit has it",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     path = state_path(config)
     try:
         store = StateStore(path)
