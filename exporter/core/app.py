@@ -86,7 +86,7 @@ def create_app(
         clock=clock,
         jobs=config.jobs,
         keeper=keeper,
-        assets=config.assets,
+        asset_names=config.assets,
         verification=config.verification,
     )
     registry = CollectorRegistry(auto_describe=False)

@@ -132,11 +132,11 @@ class SnapshotCollector:
         clock: Clock,
         jobs: Mapping[str, JobConfig] | None = None,
         keeper: StateKeeper | None = None,
-        assets: Iterable[str] = (),
+        asset_names: Iterable[str] = (),
         verification: VerificationConfig | None = None,
     ) -> None:
         self.pollers = pollers
-        self.assets = tuple(assets)
+        self.asset_names = tuple(asset_names)
         self.verification = verification or VerificationConfig()
         self.clock = clock
         self.job_configs = dict(jobs or {})
@@ -210,7 +210,7 @@ class SnapshotCollector:
         """
         now = self.clock.time()
         return judge_verifications(
-            self.assets,
+            self.asset_names,
             self.keeper.verifications,
             self.verification,
             lambda asset: self.keeper.first_seen_at(f"verification\x1f{asset}", now),
