@@ -126,6 +126,16 @@ EXPORTED = {
     "backup_asset_runs_expected_total",
     "backup_asset_runs_met_total",
     "backup_asset_sla_target_ratio",
+    "backup_job_runs_expected_total",
+    "backup_job_runs_met_total",
+    "backup_verification_last_timestamp_seconds",
+    "backup_verification_interval_seconds",
+    "backup_verification_due_timestamp_seconds",
+    # Recorded by alerts/sla.rules.yml.
+    "backup_job:backup_sla_ratio:7d",
+    "backup_job:backup_sla_ratio:30d",
+    "asset:backup_sla_ratio:7d",
+    "asset:backup_sla_ratio:30d",
 }
 
 _KEYWORDS = frozenset(

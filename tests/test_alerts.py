@@ -25,7 +25,7 @@ TEST_FILES = sorted((ALERTS_DIR / "tests").glob("*.yml"))
 RUNBOOK = ALERTS_DIR / "runbook.md"
 GROUPS = {
     "exporter", "proxmox", "jobs", "storage", "disks", "offsite", "verification", "assets",
-    "policy",
+    "policy", "sla",
 }  # fmt: skip
 SEVERITIES = {"critical", "warning", "info"}
 # vector(1) cannot be false: the watchdog has no must-not-fire case by design.

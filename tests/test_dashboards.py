@@ -158,7 +158,9 @@ def test_panels_have_stable_ids_titles_and_descriptions() -> None:
 def test_rates_use_the_rate_interval() -> None:
     for uid, title, expr in gen.all_queries():
         for match in re.finditer(r"\b(?:rate|irate|increase)\([^\[]*\[([^\]]+)\]", expr):
-            assert match.group(1) == "$__rate_interval", (uid, title)
+            # Whole days are SLA periods (runs per day, 7 and 30 days), not smoothing windows.
+            window = match.group(1)
+            assert window == "$__rate_interval" or re.fullmatch(r"\d+d", window), (uid, title)
 
 
 def test_all_queries_lists_every_target() -> None:

@@ -83,6 +83,7 @@ _LABEL_HEADERS = {
     "mode": "Mode",
     "enabled": "Enabled",
     "keep": "Keep",
+    "asset": "Asset",
 }
 
 
@@ -110,6 +111,7 @@ def value_map(values: dict[int, tuple[str, str]]) -> ValueMap:
 UP_DOWN = value_map({0: ("down", "red"), 1: ("up", "green")})
 YES_NO_BAD = value_map({0: ("no", "green"), 1: ("yes", "red")})
 OK_BAD = value_map({0: ("failing", "red"), 1: ("ok", "green")})
+SLA_DAY = value_map({0: ("nothing due", "gray"), 1: ("met", "green"), 2: ("missed", "red")})
 JOB_STATUS = value_map(
     {0: ("ok", "green"), 1: ("running", "blue"), 2: ("failed", "orange"), 3: ("overdue", "red")}
 )
@@ -251,8 +253,12 @@ class Builder:
         mapping: ValueMap,
         span: int = 12,
         height: int = 8,
+        interval: str = "",
     ) -> None:
-        """A state timeline of a 0/1 metric."""
+        """A state timeline of a 0/1 metric (``interval``: the step, e.g. ``1d`` per cell)."""
+        query = _query(expr, legend, "A")
+        if interval:
+            query.interval(interval)
         self.dashboard.with_panel(
             statetimeline.Panel()
             .id(self._id())
@@ -263,7 +269,7 @@ class Builder:
             .height(height)
             .mappings([mapping])
             .show_value(VisibilityMode.NEVER)
-            .with_target(_query(expr, legend, "A"))
+            .with_target(query)
         )
 
     def bars(

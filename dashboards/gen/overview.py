@@ -1,4 +1,4 @@
-"""The overview dashboard: did every backup happen on time? One row per job."""
+"""The overview dashboard: did every backup happen on time? The SLA, then one row per job."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from typing import Any
 from gen.common import (
     GOOD_AT_ZERO,
     JOB_STATUS,
+    SLA_DAY,
     UP_DOWN,
     YES_NO_BAD,
     Builder,
     Col,
     sel,
+    threshold_steps,
 )
 
 # The job status as one number: 3 overdue, 2 failed, 1 running, 0 ok (first match wins).
@@ -38,12 +40,66 @@ NEXT_DEADLINE_EXPR = (
 )
 
 
+def sla_ratio(level: str, window: str) -> str:
+    """Runs met over runs expected in ``window`` (no ratio without an expected run)."""
+    met = f"sum by ({level}) (increase({sel(f'backup_{level}_runs_met_total')}[{window}]))"
+    expected = (
+        f"sum by ({level}) (increase({sel(f'backup_{level}_runs_expected_total')}[{window}]))"
+    )
+    return f"{met} / ({expected} > 0)"
+
+
+# One cell per job and day (the panel's step is 1d): 0 nothing was due, 1 every expected run
+# met its deadline, 2 at least one missed. A day without an expected run is not "met".
+_DUE = f"increase({sel('backup_job_runs_expected_total')}[1d])"
+_MET = f"increase({sel('backup_job_runs_met_total')}[1d])"
+SLA_DAY_EXPR = f"({_DUE} > bool 0.5) + ({_DUE} - {_MET} > bool 0.5)"
+# Red below the default 95 % target, orange below 99 %, green above.
+SLA_THRESHOLDS = threshold_steps((None, "red"), (0.95, "orange"), (0.99, "green"))
+
+
 def build() -> dict[str, Any]:
     """Per job: status, last success, next deadline; overdue first."""
     b = Builder(
         uid="backup-overview",
         title="Backups / Overview",
         description="Did every backup happen on time? One row per job, overdue jobs first.",
+    )
+    b.row("Backup SLA")
+    b.bars(
+        "SLA per asset, 30 days",
+        sla_ratio("asset", "30d"),
+        "{{asset}}",
+        description=(
+            "Runs met by their finish deadline over runs the schedules expected, over 30 days, "
+            "per asset (alerts/sla.rules.yml: asset:backup_sla_ratio:30d; the default target "
+            "is 95 %). Assets carry no source label: the source filter does not narrow them."
+        ),
+        unit="percentunit",
+        thresholds=SLA_THRESHOLDS,
+        maximum=1,
+    )
+    b.bars(
+        "SLA per asset, 7 days",
+        sla_ratio("asset", "7d"),
+        "{{asset}}",
+        description="The same ratio over the last 7 days (asset:backup_sla_ratio:7d).",
+        unit="percentunit",
+        thresholds=SLA_THRESHOLDS,
+        maximum=1,
+    )
+    b.states(
+        "Runs met and missed per day",
+        SLA_DAY_EXPR,
+        "{{backup_job}} {{vmid}} ({{source}})",
+        description=(
+            "One cell per job and day: green when every run the schedule expected that day "
+            "met its finish deadline, red when one was missed, grey when none was due "
+            "(backup_job_runs_expected_total and backup_job_runs_met_total)."
+        ),
+        mapping=SLA_DAY,
+        span=24,
+        interval="1d",
     )
     b.row("Status")
     b.stat(

@@ -58,3 +58,4 @@ class VerificationStatus:
     last_fail: float | None
     overdue: bool  # no pass within the interval
     depth: str = ""  # listing | sample | full | boot ("" when not said)
+    due: float = 0.0  # when a pass is due: last pass (or the asset's first seen) + interval

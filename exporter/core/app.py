@@ -1,4 +1,7 @@
-"""The aiohttp application: ``/metrics``, the status page ``/``, ``/-/healthy`` and ``/-/ready``."""
+"""The aiohttp application: ``/metrics``, the status page ``/``, ``/-/healthy``, ``/-/ready``.
+
+And ``POST /api/records`` (verification records, see :mod:`exporter.assets.api`).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
 
 from exporter import __version__
+from exporter.assets.api import RecordsApi, add_records_api
 from exporter.core.clock import Clock, SystemClock
 from exporter.core.collector import SnapshotCollector
 from exporter.core.config import Config, SourceConfig
@@ -89,7 +93,12 @@ def create_app(
         pollers = build_pollers(config, clock=clock, keeper=keeper)
     pollers = list(pollers)
     collector = SnapshotCollector(
-        pollers, clock=clock, jobs=config.jobs, keeper=keeper, assets=config.assets
+        pollers,
+        clock=clock,
+        jobs=config.jobs,
+        keeper=keeper,
+        assets=config.assets,
+        verification=config.verification,
     )
     app = web.Application(middlewares=middlewares)
     app[POLLERS] = pollers
@@ -102,6 +111,8 @@ def create_app(
     app.router.add_get("/api/status", _api_status)
     app.router.add_get("/-/healthy", _healthy)
     app.router.add_get("/-/ready", _ready)
+    zone = ZoneInfo(config.timezone)
+    add_records_api(app, RecordsApi(config.records_api, tuple(config.assets), keeper, clock, zone))
     if run_pollers:
         app.cleanup_ctx.append(_run_pollers)
     app.on_cleanup.append(_close_keeper)
@@ -169,9 +180,7 @@ def status_document(app: web.Application) -> dict[str, Any]:
             pollers=pollers,
             jobs=collector.job_statuses(),
             assets=collector.asset_statuses(),
-            verifications=[
-                v for by_asset in collector.verification_statuses().values() for v in by_asset
-            ],
+            verifications=collector.verification_statuses(),
             families=list(collector.collect()),
             history=collector.job_history(),
         )

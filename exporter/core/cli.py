@@ -1,7 +1,7 @@
 """Command line of ``backup-exporter``.
 
 Commands: ``serve`` (default), ``check-config``, ``once``, ``config schema``, ``schedule``,
-``backtest``, ``report`` and ``demo``.
+``backtest``, ``report``, ``record`` / ``records`` (verification records) and ``demo``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
@@ -121,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     back.add_argument("--from", dest="since", help="ISO 8601 date or time (default: all history)")
     back.add_argument("--to", dest="until", help="ISO 8601 date or time (default: now)")
     back.add_argument("--job", help="one job: its name or source/name/vmid")
+    _record_parsers(sub, common)
     demo = sub.add_parser("demo", parents=[common], help="run the simulated homelab ([demo] extra)")
     demo.add_argument("--workdir", default="demo-data", help="where state and configs go")
     demo.add_argument("--no-stack", action="store_true", help="no Prometheus/Alertmanager")
@@ -182,6 +185,93 @@ def _check_config(args: argparse.Namespace) -> int:
         security.close()
         print(f"{args.web_config_file}: OK, {security.describe()}")
     print(f"{path}: OK, {len(config.sources)} sources, {len(config.jobs)} jobs")
+    return 0
+
+
+def _record_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    from exporter.assets.records import ACTIVITIES, DEPTHS, RESULTS  # noqa: PLC0415
+
+    rec = sub.add_parser(
+        "record", parents=[common], help="append a verification record (restore test, ...)"
+    )
+    rec.add_argument("activity", choices=ACTIVITIES)
+    rec.add_argument("--asset", required=True, help="an asset of the assets: section")
+    rec.add_argument("--result", required=True, choices=RESULTS)
+    rec.add_argument("--note", default="", help="what was done (free text)")
+    rec.add_argument("--at", help="ISO 8601 time it was done (default now; config timezone)")
+    rec.add_argument("--depth", choices=DEPTHS, help="how deep it verified")
+    rec.add_argument("--config.file", dest="config_file", default=DEFAULT_CONFIG)
+    recs = sub.add_parser("records", parents=[common], help="list the verification records")
+    recs.add_argument("--asset", help="only this asset's records")
+    recs.add_argument("--config.file", dest="config_file", default=DEFAULT_CONFIG)
+
+
+def _record(config: Config, args: argparse.Namespace) -> int:
+    """Append one record straight to the store: one transaction, safe beside the exporter."""
+    from exporter.assets.records import RecordError, make_record  # noqa: PLC0415
+    from exporter.core.store import StateError, StateStore  # noqa: PLC0415
+
+    zone = ZoneInfo(config.timezone)
+    data = {"activity": args.activity, "asset": args.asset, "result": args.result}
+    data.update({k: v for k in ("note", "at", "depth") if (v := getattr(args, k))})
+    try:
+        record = make_record(data, assets=config.assets, origin="cli", now=time.time(), zone=zone)
+    except RecordError as exc:
+        print(f"record: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if config.state_path is None and not os.environ.get("STATE_DIRECTORY"):
+        # The default would be ./state.db here: a record the exporter would never see.
+        print(
+            "record: set state_path in the config (the exporter's state database), "
+            "or STATE_DIRECTORY as the exporter's unit has it",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    path = state_path(config)
+    try:
+        store = StateStore(path)
+        try:
+            rid = store.add_record(**asdict(record), now=time.time())
+        finally:
+            store.close()
+    except StateError as exc:
+        print(f"{path}: {exc.message}", file=sys.stderr)
+        return 1
+    when = datetime.fromtimestamp(record.at, zone).isoformat(timespec="seconds")
+    # Printed only once the transaction has committed: the record is durable from here on.
+    print(f"recorded {rid}: {record.activity} {record.asset} {record.result} at {when}", flush=True)
+    return 0
+
+
+def _records(config: Config, args: argparse.Namespace) -> int:
+    from exporter.core.store import StateError, StateStore  # noqa: PLC0415
+
+    if args.asset is not None and args.asset not in config.assets:
+        known = ", ".join(sorted(config.assets)) or "none"
+        print(
+            f"--asset: {args.asset!r} is not a configured asset (known: {known})", file=sys.stderr
+        )
+        return EXIT_CONFIG
+    path = state_path(config)
+    if not path.is_file():
+        print(f"{path}: no state database yet, so no records", file=sys.stderr)
+        return 0
+    try:
+        store = StateStore(path)
+        try:
+            rows = store.records(asset=args.asset)
+        finally:
+            store.close()
+    except StateError as exc:
+        print(f"{path}: {exc.message}", file=sys.stderr)
+        return 1
+    zone = ZoneInfo(config.timezone)
+    print("id\tat\tactivity\tasset\tresult\tdepth\torigin\tnote")
+    for r in rows:
+        when = datetime.fromtimestamp(r.at, zone).isoformat(timespec="seconds")
+        note = r.note.replace("\t", " ").replace("\n", " ")
+        fields = (r.id, when, r.activity, r.asset, r.result, r.depth or "-", r.origin, note)
+        print("\t".join(map(str, fields)))
     return 0
 
 
@@ -429,6 +519,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _backtest(config, args)
     if args.command == "report":
         return _report(config, args)
+    if args.command == "record":
+        return _record(config, args)
+    if args.command == "records":
+        return _records(config, args)
     if args.command == "once":
         text, ok = asyncio.run(_once(config))
         sys.stdout.buffer.write(text)

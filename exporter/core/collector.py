@@ -29,6 +29,7 @@ ends and comes back) and counted in ``backup_job_conflicts{source}``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -45,6 +46,13 @@ from exporter import __version__
 from exporter.assets.config import AssetConfig
 from exporter.assets.model import AssetStatus, VerificationStatus
 from exporter.assets.observe import judge_now
+from exporter.assets.records import (
+    VerificationConfig,
+    render_verification,
+)
+from exporter.assets.records import (
+    verification_statuses as judge_verifications,
+)
 from exporter.assets.render import render_assets
 from exporter.core.clock import Clock
 from exporter.core.config import JobConfig
@@ -134,9 +142,12 @@ class SnapshotCollector:
         jobs: Mapping[str, JobConfig] | None = None,
         keeper: StateKeeper | None = None,
         assets: Mapping[str, AssetConfig] | None = None,
+        verification: VerificationConfig | None = None,
     ) -> None:
         self.pollers = pollers
         self.assets = dict(assets or {})
+        self.asset_names = tuple(self.assets)
+        self.verification = verification or VerificationConfig()
         # Asset name -> the last instant it was judged other than unknown (see asset_statuses).
         self._asset_known: dict[str, float] = {}
         # When the last asset judgment changes without new evidence (None: never).
@@ -173,6 +184,9 @@ class SnapshotCollector:
                 Part(f"source:{poller.name}", self._source_part(poller), key=self._key_of(poller))
             )
         self.exposition.add(Part("jobs", self._jobs_part, key=self._evidence_key))
+        self.exposition.add(
+            Part("verification", self._verification_part, key=self._verification_key)
+        )
         if self.assets:
             # After "jobs": assets are judged on the job statuses that part just kept.
             self.exposition.add(Part("assets", self._assets_part, key=self._assets_key))
@@ -262,7 +276,16 @@ class SnapshotCollector:
         return Rendered(families, valid)
 
     def _assets_key(self) -> tuple[object, ...]:
-        return (*self._states(), *self._statuses, *self._evidence_key())
+        return (
+            *self._states(), *self._statuses, *self._evidence_key(), self.keeper.verifications
+        )  # fmt: skip
+
+    def _verification_key(self) -> tuple[object, ...]:
+        return (self.keeper.verifications,)
+
+    def _verification_part(self, _now: float) -> list[Metric]:
+        # The records change only when the keeper reads new ones (after a poll).
+        return list(_noted(render_verification(self.verification_statuses(), self.verification)))
 
     def _assets_part(self, now: float) -> Rendered:
         statuses = self.asset_statuses(self._statuses, now)
@@ -287,6 +310,21 @@ class SnapshotCollector:
         """After a good poll: persist it, and serialize again what scrapes asked for."""
         self.persist(poller)
         self.exposition.warm()
+
+    def verification_statuses(self) -> list[VerificationStatus]:
+        """Judge each asset's restore tests, DR drills and docs reviews at the clock's now.
+
+        From the records the keeper last read (after a poll): no I/O. A never-verified
+        activity is due one interval after the asset was first seen.
+        """
+        now = self.clock.time()
+        return judge_verifications(
+            self.asset_names,
+            self.keeper.verifications,
+            self.verification,
+            lambda asset: self.keeper.first_seen_at(f"verification\x1f{asset}", now),
+            now,
+        )
 
     def _discovered(self, poller: Poller) -> list[tuple[JobSpec, Evidence]] | None:
         snapshot = poller.state.snapshot
@@ -335,7 +373,9 @@ class SnapshotCollector:
         kept, dropped = _without_duplicates(candidates)
         self._note_conflicts(dropped)
         if not cached:
-            return [self._evaluate(spec, ev, now, known=known) for spec, ev, known, _ in kept]
+            return [
+                self._with_sla(self._evaluate(s, ev, now, known=k), now) for s, ev, k, _ in kept
+            ]
         # A job is evaluated again only when what it is judged on changed, or once its own
         # next change (JobStatus.next_change) is reached: a deadline costs one evaluation.
         memo: dict[JobLabels, tuple[tuple[object, ...], JobStatus, float]] = {}
@@ -343,21 +383,38 @@ class SnapshotCollector:
         for spec, ev, known, _ in kept:
             labels = job_labels(spec)
             first_seen = self._first_seen(spec, now)
-            key = (first_seen_key(spec), tuple(sorted(spec.labels.items())), ev, known, first_seen)
+            # The SLA counters also move when a poll lands (runs are counted up to it).
+            polled = (
+                self._by_name[spec.source].state.last_success
+                if spec.source in self._by_name
+                else None
+            )
+            key = (
+                first_seen_key(spec), tuple(sorted(spec.labels.items())), ev, known, first_seen,
+                polled,
+            )  # fmt: skip
             seen = self._job_memo.get(labels)
             if seen is not None and seen[0] == key and now < seen[2]:
                 status, until = seen[1], seen[2]
             else:
                 status = evaluate(spec, ev, now, first_seen=first_seen, known=known)
+                status = self._with_sla(status, now)
                 until = status.next_change(now)
             memo[labels] = (key, status, until)
             statuses.append(status)
         self._job_memo = memo
         return statuses
 
-    def verification_statuses(self) -> Mapping[str, Sequence[VerificationStatus]]:
-        """Return the verification records' statuses by asset (none yet: records to come)."""
-        return {}
+    def _with_sla(self, status: JobStatus, now: float) -> JobStatus:
+        expected, met = self.keeper.sla(status.spec, status.first_seen, now)
+        return dataclasses.replace(status, runs_expected=expected, runs_met=met)
+
+    def verifications_by_asset(self) -> dict[str, list[VerificationStatus]]:
+        """Group :meth:`verification_statuses` by asset (what the asset engine takes)."""
+        out: dict[str, list[VerificationStatus]] = {}
+        for status in self.verification_statuses():
+            out.setdefault(status.asset, []).append(status)
+        return out
 
     def asset_statuses(
         self, job_statuses: Sequence[JobStatus] | None = None, now: float | None = None
@@ -372,7 +429,7 @@ class SnapshotCollector:
             pollers=self.pollers,
             job_statuses=jobs,
             job_evidence={name: job.evidence for name, job in self.job_configs.items()},
-            verifications=self.verification_statuses(),
+            verifications=self.verifications_by_asset(),
             now=now,
         )
         out = []
@@ -444,6 +501,8 @@ class SnapshotCollector:
         # Runs are kept per job labels: a dropped duplicate must not add to the other's history.
         kept, _ = _without_duplicates(candidates)
         statuses = [self._evaluate(s, e, now, known=True) for s, e, _, _ in kept]
+        for status in statuses:
+            self.keeper.sla(status.spec, status.first_seen, now)  # its first seen, if new
         self._bootstrap.discard(poller.name)
         self.keeper.record(
             poller.name,

@@ -35,6 +35,7 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from exporter.assets.config import AssetConfig, check_asset_evidence
+from exporter.assets.records import RecordsApiConfig, VerificationConfig
 from exporter.core.fields import (
     STRICT,
     ConfigError,
@@ -277,6 +278,9 @@ class Config:
     jobs: Mapping[str, JobConfig] = field(default_factory=dict)
     assets: Mapping[str, AssetConfig] = field(default_factory=dict)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    # Verification records: how often each activity is due, and the optional records API.
+    verification: VerificationConfig = field(default_factory=VerificationConfig)
+    records_api: RecordsApiConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -344,6 +348,8 @@ def _document(specs: tuple[tuple[str, KindSpec], ...]) -> type[BaseModel]:
         jobs=(dict[str, JobConfig], {}),
         assets=(dict[str, AssetConfig], {}),
         policy=(PolicyConfig, PolicyConfig()),
+        verification=(VerificationConfig, VerificationConfig()),
+        records_api=(RecordsApiConfig | None, None),
     )
     return model
 
@@ -580,6 +586,8 @@ def parse_config(
         jobs=getattr(parsed, "jobs", {}),
         assets=getattr(parsed, "assets", {}),
         policy=getattr(parsed, "policy", PolicyConfig()),
+        verification=getattr(parsed, "verification", VerificationConfig()),
+        records_api=getattr(parsed, "records_api", None),
     )
 
 

@@ -24,9 +24,11 @@ Sample exposition::
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -36,9 +38,11 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from exporter.assets.records import Record
 from exporter.core.store import Run, SourceResult, StateError, StateStore
 from exporter.schedule.expressions import ScheduleError, parse_schedule
-from exporter.schedule.jobs import Evidence, JobSpec, JobStatus, job_key
+from exporter.schedule.jobs import Evidence, JobSpec, JobStatus, first_seen_key, job_key
+from exporter.schedule.sla import Tally
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +181,14 @@ class StateKeeper:
         # Touched only in the store thread: what failed writes could not save yet.
         self._unsaved_runs: list[Run] = []
         self._unsaved_first_seen: dict[str, float] = {}
+        # SLA: each job's successful finishes (sorted, from the run history) and its tally.
+        self._sla_lock = threading.Lock()
+        self._successes: dict[str, list[float]] = {}
+        self._tallies: dict[str, Tally] = {}
+        # Verification records, re-read in the store thread after each poll (and after a
+        # record is posted): the newest time of each (activity, asset, result), and the last id.
+        self.verifications: Mapping[tuple[str, str, str], float] = {}
+        self._last_record_id = 0
 
     @property
     def enabled(self) -> bool:
@@ -197,6 +209,8 @@ class StateKeeper:
             self.results = {name: _stored(r) for name, r in self.store.results().items()}
             self.first_seen = self.store.all_first_seen()
             self.memories = self.store.all_memories()
+            self._add_successes(self.store.runs())
+            self._read_records(self.store)
         except StateError as exc:
             self._failed(exc)
             return
@@ -293,6 +307,7 @@ class StateKeeper:
             "judged": [encode_job(st.spec, st.evidence) for st in judged],
         }
         runs = [run for st in judged for run in runs_of(st)]
+        self._add_successes(runs)
         # A snapshot of the kind's memory as it is now (the poller's dict keeps changing).
         mem = json.loads(json.dumps(dict(memory or {})))
 
@@ -301,8 +316,70 @@ class StateKeeper:
             self._save_first_seen(store, {})
             store.save_result(source, taken_at, fams, payload)
             store.replace_memory(source, mem)
+            # Records written meanwhile (by the CLI, another process) show after this poll.
+            self._read_records(store)
 
         self.submit(write)
+
+    def _read_records(self, store: StateStore) -> None:
+        # Store thread only: fold the records newer than the last one read into a new map.
+        new = store.records(after_id=self._last_record_id)
+        if not new:
+            return
+        latest = dict(self.verifications)
+        for rec in new:
+            key = (rec.activity, rec.asset, rec.result)
+            latest[key] = max(latest.get(key, rec.at), rec.at)
+        self._last_record_id = new[-1].id
+        self.verifications = latest  # one assignment: a scrape sees the old map or the new
+
+    async def add_record(self, record: Record, now: float) -> int | None:
+        """Append a verification record in the store thread; its id, or None if unusable."""
+        if self.path is None:
+            return None
+
+        def write(store: StateStore) -> int:
+            rid = store.add_record(**asdict(record), now=now)
+            self._read_records(store)
+            return rid
+
+        future = self._executor.submit(self._with_store, write)
+        result = await asyncio.wrap_future(future)
+        return result if isinstance(result, int) else None
+
+    def _add_successes(self, runs: Iterable[Run]) -> None:
+        with self._sla_lock:
+            for run in runs:
+                if run.result != "ok" or run.finished is None:
+                    continue
+                done = self._successes.setdefault(run.job, [])
+                i = bisect.bisect_left(done, run.finished)
+                if i == len(done) or done[i] != run.finished:
+                    done.insert(i, run.finished)
+
+    def sla(self, spec: JobSpec, first_seen: float | None, now: float) -> tuple[int, int]:
+        """Return ``(runs expected, runs met)`` of ``spec`` (see :mod:`exporter.schedule.sla`).
+
+        Counted up to the last poll of the job's source, from the run history: the same after a
+        restart. Each call only counts the deadlines passed since the last one. Without a state
+        database there is no first seen and no history: ``(0, 0)``.
+        """
+        if self.path is None:
+            return 0, 0
+        identity = first_seen_key(spec)
+        # First seen 0 is a new database judging a job on all its history: its SLA counts from
+        # the moment it was first seen by this database instead.
+        anchor = first_seen or self.first_seen_at(f"sla\x1f{identity}", now)
+        stored = self.results.get(spec.source)
+        if stored is None:
+            return 0, 0
+        key = job_key(spec)
+        with self._sla_lock:
+            tally = self._tallies.get(key)
+            if tally is None or tally.identity != identity or tally.anchor != anchor:
+                tally = self._tallies[key] = Tally.start(spec, identity, anchor)
+            tally.advance(spec, self._successes.get(key, ()), stored.taken_at)
+            return tally.expected, tally.met
 
     def render(self) -> Iterator[Metric]:
         """``backup_state_up`` and, while the database is unusable, its reason."""

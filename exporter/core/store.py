@@ -7,7 +7,9 @@ The store keeps what the exporter must not forget across a restart:
 * first-seen times of jobs, guests and schedule expressions;
 * an append-only, deduplicated run history per job;
 * a small key-value memory per source that a kind may use (scrub history, SMART test
-  anchoring, bucket listing results).
+  anchoring, bucket listing results);
+* the verification records (restore tests, DR drills, docs reviews): append-only, written
+  by ``backup-exporter record`` and ``POST /api/records``.
 
 Kinds stay unaware of storage: the poller persists what they produced, and hands a kind its
 memory. Every write happens in one worker thread that owns the connection, so the event
@@ -20,6 +22,7 @@ or corrupt database raises :class:`StateError` with a machine-readable ``reason`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
@@ -65,6 +68,30 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (source, key)
     );
     """,
+    # 2: verification records (restore tests, DR drills, docs reviews). Append-only: the
+    # triggers refuse any UPDATE or DELETE, so no code path can edit or drop one.
+    """
+    CREATE TABLE record (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        activity    TEXT NOT NULL,
+        asset       TEXT NOT NULL,
+        result      TEXT NOT NULL,
+        at          REAL NOT NULL,
+        note        TEXT NOT NULL,
+        depth       TEXT,
+        origin      TEXT NOT NULL,
+        recorded_at REAL NOT NULL
+    );
+    CREATE INDEX record_by_asset ON record (asset, activity, at);
+    CREATE TRIGGER record_never_edited BEFORE UPDATE ON record
+    BEGIN
+        SELECT RAISE(ABORT, 'verification records are append-only');
+    END;
+    CREATE TRIGGER record_never_dropped BEFORE DELETE ON record
+    BEGIN
+        SELECT RAISE(ABORT, 'verification records are append-only');
+    END;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -87,6 +114,21 @@ class Run:
     scheduled_start: float | None = None
     started: float | None = None
     finished: float | None = None
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    """One verification record as stored (validated by :mod:`exporter.assets.records`)."""
+
+    id: int
+    activity: str
+    asset: str
+    result: str
+    at: float
+    note: str
+    depth: str | None
+    origin: str
+    recorded_at: float
 
 
 @dataclass(frozen=True)
@@ -208,19 +250,24 @@ class StateStore:
         """Return the schema version of the open database."""
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
-    def _write(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> int:
-        """Run one statement over ``rows`` in one immediate transaction."""
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One immediate transaction: committed at the end, rolled back on any exception."""
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                count = self._db.executemany(sql, rows).rowcount
+                yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise _classify(exc, self.path) from exc
-        return count
+
+    def _write(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> int:
+        """Run one statement over ``rows`` in one immediate transaction."""
+        with self._transaction() as db:
+            return db.executemany(sql, rows).rowcount
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         try:
@@ -317,19 +364,9 @@ class StateStore:
     def replace_memory(self, source: str, values: Mapping[str, Any]) -> None:
         """Make ``values`` the whole memory of ``source`` (keys not in it are dropped)."""
         rows = [(source, key, json.dumps(value)) for key, value in values.items()]
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute("DELETE FROM memory WHERE source = ?", (source,))
-                self._db.executemany(
-                    "INSERT INTO memory (source, key, value) VALUES (?, ?, ?)", rows
-                )
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise _classify(exc, self.path) from exc
+        with self._transaction() as db:
+            db.execute("DELETE FROM memory WHERE source = ?", (source,))
+            db.executemany("INSERT INTO memory (source, key, value) VALUES (?, ?, ?)", rows)
 
     def memory(self, source: str) -> dict[str, Any]:
         """Return everything remembered for ``source``."""
@@ -342,6 +379,44 @@ class StateStore:
         for source, key, value in self._read("SELECT source, key, value FROM memory"):
             out.setdefault(source, {})[key] = json.loads(value)
         return out
+
+    # ------------------------------------------------------------- verification records
+
+    def add_record(
+        self,
+        *,
+        activity: str,
+        asset: str,
+        result: str,
+        at: float,
+        note: str,
+        depth: str | None,
+        origin: str,
+        now: float,
+    ) -> int:
+        """Append one verification record in its own transaction; return its id."""
+        row = (activity, asset, result, at, note, depth, origin, now)
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO record "
+                "(activity, asset, result, at, note, depth, origin, recorded_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+        return int(cursor.lastrowid or 0)
+
+    def records(self, *, asset: str | None = None, after_id: int = 0) -> list[StoredRecord]:
+        """Return the verification records (of one asset; newer than ``after_id``), in order."""
+        where, args = "WHERE id > ?", [str(after_id)]
+        if asset is not None:
+            where += " AND asset = ?"
+            args.append(asset)
+        rows = self._read(
+            "SELECT id, activity, asset, result, at, note, depth, origin, recorded_at "  # noqa: S608
+            f"FROM record {where} ORDER BY id",
+            tuple(args),
+        )
+        return [StoredRecord(*row) for row in rows]
 
     def integrity_check(self) -> str:
         """Run SQLite's full integrity check; ``"ok"`` when the file is sound."""

@@ -46,6 +46,17 @@ Sample exposition::
     # TYPE backup_job_state gauge
     backup_job_state{backup_job="daily",source="pve1",state="ok",vmid=""} 1.0
     backup_job_state{backup_job="daily",source="pve1",state="unknown",vmid=""} 0.0
+    # HELP backup_job_runs_expected_total Runs the schedule expected since the job was first seen.
+    # TYPE backup_job_runs_expected_total counter
+    backup_job_runs_expected_total{backup_job="daily",source="pve1",vmid=""} 30.0
+    # HELP backup_job_runs_met_total Expected runs that succeeded by their finish deadline.
+    # TYPE backup_job_runs_met_total counter
+    backup_job_runs_met_total{backup_job="daily",source="pve1",vmid=""} 27.0
+
+SLA. ``runs_expected`` counts the scheduled starts at or after first seen whose finish deadline
+has passed (and been looked at by a poll, see :mod:`exporter.schedule.sla`); ``runs_met`` those
+of them with a success between the start and its finish deadline (before the next start). Both
+come from the durable run history, so they survive a restart.
 """
 
 from __future__ import annotations
@@ -56,7 +67,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal, get_args
 
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 
 from exporter.schedule.base import LOOKBACK
 from exporter.schedule.expressions import NoNextStartError, Schedule
@@ -343,6 +359,16 @@ def render_jobs(statuses: Iterable[JobStatus]) -> Iterator[Metric]:
     state = GaugeMetricFamily(
         "backup_job_state", "The job's state (exactly one state is 1).", labels=[*labels, "state"]
     )
+    expected = CounterMetricFamily(
+        "backup_job_runs_expected",
+        "Runs the schedule expected since the job was first seen (finish deadline passed).",
+        labels=labels,
+    )
+    met = CounterMetricFamily(
+        "backup_job_runs_met",
+        "Expected runs that succeeded by their finish deadline.",
+        labels=labels,
+    )
     for st in statuses:
         spec = st.spec
         values = [spec.name, spec.source, spec.labels.get("vmid", "")]
@@ -355,6 +381,10 @@ def render_jobs(statuses: Iterable[JobStatus]) -> Iterator[Metric]:
                 gauges[key].add_metric(values, value)
         for name in STATES:
             state.add_metric([*values, name], float(st.state == name))
+        expected.add_metric(values, st.runs_expected)
+        met.add_metric(values, st.runs_met)
     yield info
     yield from gauges.values()
     yield state
+    yield expected
+    yield met

@@ -18,7 +18,7 @@ import random
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,11 +30,13 @@ from b2sdk.v3 import B2Api, B2HttpApiConfig, InMemoryAccountInfo, RawSimulator
 from botocore.config import Config as BotoConfig
 from moto.server import ThreadedMotoServer
 
+from exporter.assets.records import make_record
 from exporter.core.app import build_pollers
 from exporter.core.clock import Clock
 from exporter.core.config import Config, SourceConfig, parse_config
 from exporter.core.poller import Poller
 from exporter.core.state import StateKeeper
+from exporter.core.store import StateStore
 from exporter.sim.healthchecks import FakeHealthchecks, start_fake_healthchecks
 from exporter.sim.healthchecks import homelab as healthchecks_homelab
 from exporter.sim.pve import FakePVE, PVEScenario, start_fake_pve
@@ -56,6 +58,7 @@ S3_ACCESS_KEY = "storj-access"  # moto accepts any credentials
 S3_SECRET_KEY = "storj-secret-not-real"  # noqa: S105 - a simulator's fixed credential
 PVE1_ADDRESS = "192.0.2.11"  # the only host the PVE backup export is meant for
 LAN = "192.0.2.0/24"
+RECORDS_TOKEN = "demo-records-token-not-secret"  # noqa: S105 - the demo's fixed API token
 
 
 def _daily(hour: int, minute: int, *, now: float, days: int) -> list[float]:
@@ -142,6 +145,7 @@ class Homelab:
         """Build one poller per configured source (with ``keeper``: memories and windows)."""
         if keeper is not None:
             keeper.load()
+            self._seed_records(keeper)
         return build_pollers(
             self.config, clock=self.clock, keeper=keeper, factory=self.source, sleep=sleep
         )
@@ -149,6 +153,34 @@ class Homelab:
     def write_ha_backup(self, at: float) -> Path:
         """Write a Home Assistant backup file made at ``at`` (the demo's accelerated time)."""
         return _write_ha_backup(self.workdir / "ha-backup", at, random.Random(int(at)))  # noqa: S311
+
+    def _seed_records(self, keeper: StateKeeper) -> None:
+        """One docs review, as ``backup-exporter record`` writes it; restore tests never done.
+
+        The running exporter shows it after its next poll, as it would a CLI record.
+        """
+        if keeper.path is None or not self.config.assets:
+            return
+        store = StateStore(keeper.path)
+        try:
+            if not store.records():
+                now = self.clock.time()
+                record = make_record(
+                    {
+                        "activity": "docs-review",
+                        "asset": sorted(self.config.assets)[0],
+                        "result": "pass",
+                        "at": now - 30 * 86400,
+                        "note": "recovery docs checked against the running setup",
+                    },
+                    assets=self.config.assets,
+                    origin="cli",
+                    now=now,
+                    zone=ZoneInfo(self.config.timezone),
+                )
+                store.add_record(**asdict(record), now=now)
+        finally:
+            store.close()
 
     async def stop(self) -> None:
         """Stop every fake server."""
@@ -455,6 +487,7 @@ async def start_homelab(
     _write_secret(secrets / "storj.key", S3_SECRET_KEY)
     hc = await start_fake_healthchecks(healthchecks_homelab(clock.time))
     _write_secret(secrets / "healthchecks.key", hc.readonly_key)
+    _write_secret(secrets / "records.token", RECORDS_TOKEN)
     doc = config_document(
         {
             "pve_url": pve.url,
@@ -471,6 +504,8 @@ async def start_homelab(
         },
         secrets=secrets,
     )
+    # Verification records: a restore script may POST its result (see the README's curl).
+    doc["records_api"] = {"token_file": str(secrets / "records.token")}
     config_path = workdir / "config.yml"
     config_path.write_text(yaml.safe_dump(doc, sort_keys=False))
     config = parse_config(config_path.read_text(), base_dir=workdir)
