@@ -46,11 +46,27 @@ def write_config(tmp_path: Path) -> Path:
         "records_api": {"token_file": "records.token"},
         "verification": {"intervals": {"restore-test": "30d"}},
         "sources": {"mem": {"kind": "files", "path": str(tmp_path)}},
-        "assets": {"immich": {"rpo": "2d"}, "nextcloud": {"rpo": "1d"}},
+        "assets": {
+            name: {"rpo": rpo, "locations": [{"layer": "local", "evidence": {"source": "mem"}}]}
+            for name, rpo in (("immich", "2d"), ("nextcloud", "1d"))
+        },
     }
     path = tmp_path / "config.yml"
     path.write_text(yaml.safe_dump(doc))
     return path
+
+
+def one_asset(tmp_path: Path) -> dict[str, Any]:
+    """A config with one asset, ``immich``, on one ``files`` source."""
+    return {
+        "sources": {"nas": {"kind": "files", "path": str(tmp_path)}},
+        "assets": {
+            "immich": {
+                "rpo": "2d",
+                "locations": [{"layer": "local", "evidence": {"source": "nas"}}],
+            }
+        },
+    }
 
 
 def load(path: Path) -> Config:
@@ -349,7 +365,7 @@ async def test_the_records_api_is_404_unless_configured(
 
 
 def test_record_refuses_to_guess_the_database(tmp_path: Path) -> None:
-    (tmp_path / "config.yml").write_text(yaml.safe_dump({"assets": {"immich": {"rpo": "2d"}}}))
+    (tmp_path / "config.yml").write_text(yaml.safe_dump(one_asset(tmp_path)))
     done = subprocess.run(
         [sys.executable, "-m", "exporter", "record", "dr-drill", "--asset", "immich",
          "--result", "pass", "--config.file", str(tmp_path / "config.yml")],

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import yaml
+from test_records import one_asset
 
 from exporter.core.store import StateStore
 
@@ -36,7 +37,7 @@ def test_kill_9_of_record_twenty_times_corrupts_nothing_and_loses_no_committed_r
     tmp_path: Path,
 ) -> None:
     (tmp_path / "config.yml").write_text(
-        yaml.safe_dump({"state_path": "state.db", "assets": {"immich": {"rpo": "2d"}}})
+        yaml.safe_dump({"state_path": "state.db", **one_asset(tmp_path)})
     )
     config = str(tmp_path / "config.yml")
     rng = random.Random(20261201)
