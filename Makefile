@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBS   := prometheus prometheus-alertmanager chromium
+DEBS   := prometheus prometheus-alertmanager chromium docker-compose
 
-.PHONY: all venv debs lint test pytest demo bench dashboards clean
+.PHONY: all venv debs lint test pytest demo bench dashboards k8s-rules clean
 
 all: test
 
@@ -18,10 +18,12 @@ $(VENV)/.installed-%: pyproject.toml
 
 venv: $(VENV)/.installed-test
 
-# The tests drive the real Debian binaries (promtool, prometheus, alertmanager, amtool, chromium).
+# The tests drive the real Debian binaries (promtool, prometheus, alertmanager, amtool, chromium,
+# docker-compose: it only validates deploy/compose/compose.yaml, no engine runs).
 debs:
 	@if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null \
-	    || ! command -v amtool >/dev/null || ! command -v chromium >/dev/null; then \
+	    || ! command -v amtool >/dev/null || ! command -v chromium >/dev/null \
+	    || ! command -v docker-compose >/dev/null; then \
 	  echo "installing Debian packages: $(DEBS)"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(DEBS); \
@@ -46,6 +48,10 @@ bench: venv
 
 dashboards: venv
 	$(BIN)/python dashboards/generate.py
+
+# deploy/kubernetes/prometheusrule.yaml from alerts/*.rules.yml (tests/test_kubernetes.py checks it).
+k8s-rules: venv
+	$(BIN)/python deploy/kubernetes/generate_rules.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
