@@ -173,13 +173,18 @@ async def start_prometheus(
     return await _start("prometheus", "prometheus", workdir, port=port, config=config, args=args)
 
 
-async def start_alertmanager(workdir: Path, *, port: int, config: dict[str, Any]) -> Daemon:
-    """Start Alertmanager on 127.0.0.1:``port`` (clustering off); wait until it is ready."""
-    args = [
-        f"--storage.path={workdir / 'am-data'}",
+async def start_alertmanager(
+    workdir: Path, *, port: int, config: dict[str, Any], extra_args: Iterable[str] = ()
+) -> Daemon:
+    """Start Alertmanager on 127.0.0.1:``port``; wait until it is ready.
+
+    Clustering is off unless ``extra_args`` set ``--cluster.listen-address`` (and its peers).
+    """
+    extra = list(extra_args)
+    args = [f"--storage.path={workdir / 'am-data'}", *extra]
+    if not any(a.startswith("--cluster.listen-address=") for a in extra):
         # An empty value disables clustering, which would otherwise bind 0.0.0.0:9094.
-        "--cluster.listen-address=",
-    ]
+        args.append("--cluster.listen-address=")
     return await _start(
         "alertmanager", "prometheus-alertmanager", workdir, port=port, config=config, args=args
     )
