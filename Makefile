@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBS   := prometheus prometheus-alertmanager chromium docker-compose
 
 .PHONY: all venv debs lint test pytest demo bench dashboards k8s-rules clean
 
@@ -18,15 +17,20 @@ $(VENV)/.installed-%: pyproject.toml
 
 venv: $(VENV)/.installed-test
 
-# The tests drive the real Debian binaries (promtool, prometheus, alertmanager, amtool, chromium,
-# docker-compose: it only validates deploy/compose/compose.yaml, no engine runs).
+# The tests drive the real Debian binaries (promtool, prometheus, alertmanager, amtool, chromium;
+# docker-compose only validates deploy/compose/compose.yaml, no engine runs; systemd-analyze
+# checks the unit; openssl makes the compose stack's certificates). command:package pairs;
+# only the packages of missing commands are installed (nothing already there is upgraded).
+DEB_COMMANDS := promtool:prometheus prometheus:prometheus \
+	prometheus-alertmanager:prometheus-alertmanager amtool:prometheus-alertmanager \
+	chromium:chromium docker-compose:docker-compose systemd-analyze:systemd openssl:openssl
 debs:
-	@if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null \
-	    || ! command -v amtool >/dev/null || ! command -v chromium >/dev/null \
-	    || ! command -v docker-compose >/dev/null; then \
-	  echo "installing Debian packages: $(DEBS)"; \
+	@missing=$$(for pair in $(DEB_COMMANDS); do \
+	  command -v $${pair%%:*} >/dev/null || echo $${pair#*:}; done | sort -u | tr '\n' ' '); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(DEBS); \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
 lint: venv
