@@ -34,8 +34,8 @@ debs:
 	fi
 
 lint: venv
-	$(BIN)/ruff check exporter tests dashboards bench
-	$(BIN)/ruff format --check exporter tests dashboards bench
+	$(BIN)/ruff check exporter tests dashboards bench deploy
+	$(BIN)/ruff format --check exporter tests dashboards bench deploy
 	$(BIN)/mypy
 
 pytest: venv debs
