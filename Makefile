@@ -3,9 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBS   := prometheus prometheus-alertmanager chromium
 
-.PHONY: all venv debs lint test pytest demo bench dashboards report-example clean
+.PHONY: all venv debs lint test pytest demo bench dashboards report-example k8s-rules clean
 
 all: test
 
@@ -18,18 +17,25 @@ $(VENV)/.installed-%: pyproject.toml
 
 venv: $(VENV)/.installed-test
 
-# The tests drive the real Debian binaries (promtool, prometheus, alertmanager, amtool, chromium).
+# The tests drive the real Debian binaries (promtool, prometheus, alertmanager, amtool, chromium;
+# docker-compose only validates deploy/compose/compose.yaml, no engine runs; systemd-analyze
+# checks the unit; openssl makes the compose stack's certificates). command:package pairs;
+# only the packages of missing commands are installed (nothing already there is upgraded).
+DEB_COMMANDS := promtool:prometheus prometheus:prometheus \
+	prometheus-alertmanager:prometheus-alertmanager amtool:prometheus-alertmanager \
+	chromium:chromium docker-compose:docker-compose systemd-analyze:systemd openssl:openssl
 debs:
-	@if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null \
-	    || ! command -v amtool >/dev/null || ! command -v chromium >/dev/null; then \
-	  echo "installing Debian packages: $(DEBS)"; \
+	@missing=$$(for pair in $(DEB_COMMANDS); do \
+	  command -v $${pair%%:*} >/dev/null || echo $${pair#*:}; done | sort -u | tr '\n' ' '); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(DEBS); \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
 lint: venv
-	$(BIN)/ruff check exporter tests dashboards bench
-	$(BIN)/ruff format --check exporter tests dashboards bench
+	$(BIN)/ruff check exporter tests dashboards bench deploy
+	$(BIN)/ruff format --check exporter tests dashboards bench deploy
 	$(BIN)/mypy
 
 pytest: venv debs
@@ -50,6 +56,10 @@ dashboards: venv
 # The simulated homelab's living strategy report, checked in as an example.
 report-example: venv
 	$(BIN)/python -m exporter.sim.example_report docs/examples/report.md
+
+# deploy/kubernetes/prometheusrule.yaml from alerts/*.rules.yml (tests/test_kubernetes.py checks it).
+k8s-rules: venv
+	$(BIN)/python deploy/kubernetes/generate_rules.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -41,6 +41,7 @@ from exporter.sim.stack import (
     prometheus_config,
     start_alertmanager,
     start_prometheus,
+    start_webhook,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
@@ -132,19 +133,12 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
         received: list[dict[str, Any]] = []
         arrived = asyncio.Event()
 
-        async def hook(request: web.Request) -> web.Response:
-            payload = await request.json()
+        def hook(payload: dict[str, Any]) -> None:
             received.extend(payload["alerts"])
             arrived.set()
-            return web.Response(text="ok")
 
-        hook_app = web.Application()
-        hook_app.router.add_post("/hook", hook)
-        hook_runner = web.AppRunner(hook_app, access_log=None)
-        await hook_runner.setup()
         hook_port = free_port()
-        await web.TCPSite(hook_runner, "127.0.0.1", hook_port).start()
-        runners.append(hook_runner)
+        runners.append(await start_webhook(hook, port=hook_port))
 
         am_config = local_alertmanager_config(f"http://127.0.0.1:{hook_port}/hook")
         speed_up_routes(am_config["route"])

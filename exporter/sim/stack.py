@@ -12,13 +12,14 @@ import asyncio
 import copy
 import shutil
 import subprocess
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import yaml
+from aiohttp import web
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS_DIR = ROOT / "alerts"
@@ -151,11 +152,15 @@ async def _start(
     workdir.mkdir(parents=True, exist_ok=True)
     config_file = workdir / f"{name}.yml"
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
-    log = workdir / f"{name}.log"
     argv = [binary(exe), f"--config.file={config_file}", f"--web.listen-address=127.0.0.1:{port}"]
+    return await start_daemon(name, [*argv, *args], port=port, log=workdir / f"{name}.log")
+
+
+async def start_daemon(name: str, argv: list[str], *, port: int, log: Path) -> Daemon:
+    """Run ``argv`` (listening on 127.0.0.1:``port``), logging to ``log``; wait for /-/ready."""
     with log.open("wb") as out:
         # Popen returns at once; the daemon runs until Daemon.stop().
-        process = subprocess.Popen([*argv, *args], stdout=out, stderr=subprocess.STDOUT)  # noqa: ASYNC220
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)  # noqa: ASYNC220
     daemon = Daemon(name=name, process=process, url=f"http://127.0.0.1:{port}", log=log)
     try:
         await daemon.wait_ready("/-/ready")
@@ -163,6 +168,30 @@ async def _start(
         daemon.stop()
         raise
     return daemon
+
+
+async def start_webhook(
+    on_payload: Callable[[dict[str, Any]], None], *, port: int
+) -> web.AppRunner:
+    """Serve ``POST /hook`` on 127.0.0.1:``port``, handing each Alertmanager payload over.
+
+    The caller cleans the returned runner up.
+    """
+
+    async def hook(request: web.Request) -> web.Response:
+        on_payload(await request.json())
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
 
 
 async def start_prometheus(
@@ -173,13 +202,18 @@ async def start_prometheus(
     return await _start("prometheus", "prometheus", workdir, port=port, config=config, args=args)
 
 
-async def start_alertmanager(workdir: Path, *, port: int, config: dict[str, Any]) -> Daemon:
-    """Start Alertmanager on 127.0.0.1:``port`` (clustering off); wait until it is ready."""
-    args = [
-        f"--storage.path={workdir / 'am-data'}",
+async def start_alertmanager(
+    workdir: Path, *, port: int, config: dict[str, Any], extra_args: Iterable[str] = ()
+) -> Daemon:
+    """Start Alertmanager on 127.0.0.1:``port``; wait until it is ready.
+
+    Clustering is off unless ``extra_args`` set ``--cluster.listen-address`` (and its peers).
+    """
+    extra = list(extra_args)
+    args = [f"--storage.path={workdir / 'am-data'}", *extra]
+    if not any(a.startswith("--cluster.listen-address=") for a in extra):
         # An empty value disables clustering, which would otherwise bind 0.0.0.0:9094.
-        "--cluster.listen-address=",
-    ]
+        args.append("--cluster.listen-address=")
     return await _start(
         "alertmanager", "prometheus-alertmanager", workdir, port=port, config=config, args=args
     )
