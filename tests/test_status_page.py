@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from exporter.core.app import COLLECTOR, create_app
 from exporter.core.clock import FakeClock
 from exporter.core.config import parse_config
 from exporter.core.poller import Poller
+from exporter.core.state import StateKeeper
+from exporter.sim.homelab import start_homelab
 from exporter.sources import build_source
 
 NOW = 1_795_700_000.0  # 2026-11-26 13:33 UTC
@@ -167,3 +170,52 @@ async def test_page_in_chromium_verdict_colours_hostile_names_and_phone_width(
         assert width <= 390, f"the page is {width} px wide on a 390 px phone"
         phone = await page.screenshot(ARTIFACTS / "status-390.png")
     assert wide.stat().st_size > 20_000 and phone.stat().st_size > 20_000
+
+
+async def test_the_demo_homelab_page_says_what_to_do_first(
+    tmp_path: Path, aiohttp_server: Any
+) -> None:
+    """The simulated homelab as `make demo` runs it: its real problems are on the page."""
+    clock = FakeClock(start=time.time())
+    homelab = await start_homelab(tmp_path / "lab", clock=clock)
+    keeper = StateKeeper(tmp_path / "state.db")
+    pollers = homelab.pollers(keeper)
+    app = create_app(homelab.config, clock=clock, pollers=pollers, keeper=keeper, run_pollers=False)
+    try:
+        await asyncio.gather(*(p.poll_once() for p in pollers))
+        # TrueNAS stops answering (its key revoked): the locations it proves are unknown.
+        homelab.truenas_scenario.revoke_key()
+        await next(p for p in pollers if p.name == "truenas").poll_once()
+        server = await aiohttp_server(app)
+        async with chromium_page(tmp_path / "chromium") as page:
+            await page.viewport(1280, 800)
+            await page.goto(f"http://127.0.0.1:{server.port}/")
+            verdict = await page.evaluate("document.querySelector('#verdict').innerText")
+            assert "assets need attention" in verdict
+            first = await page.evaluate("document.querySelector('#jobs tr[data-job]').dataset.job")
+            assert first == "truenas/cloudsync-storj-weekly/", "the overdue job comes first"
+            storj = await page.evaluate(
+                "[...document.querySelectorAll('[data-location=\"offsite-storj\"]')]"
+                ".map(e => [e.dataset.cell, getComputedStyle(e).backgroundColor])"
+            )
+            assert storj and all(cell == "stale" for cell, _ in storj), storj
+            assert all(bg == "rgb(252, 232, 230)" for _, bg in storj), "stale Storj is red"
+            unknown = await page.evaluate(
+                "[...document.querySelectorAll('[data-cell=\"unknown\"]')]"
+                ".map(e => getComputedStyle(e).backgroundColor + ' ' +"
+                " getComputedStyle(e).backgroundImage)"
+            )
+            fresh = await page.evaluate(
+                "getComputedStyle(document.querySelector('[data-cell=\"fresh\"]')).backgroundColor"
+            )
+            assert unknown, "TrueNAS down leaves its snapshot locations unknown"
+            assert all(not u.startswith(fresh) and "gradient" in u for u in unknown), unknown
+            text = await page.evaluate("document.body.innerText")
+            assert "retention over quota" in text
+            assert "policy nfs_export drifted" in text
+            assert "restore-test of immich overdue: never done" in text
+            await page.screenshot(ARTIFACTS / "demo-1280x800.png", full_page=False)
+    finally:
+        for poller in pollers:
+            await poller.source.close()
+        await homelab.stop()  # the app's cleanup closes the keeper

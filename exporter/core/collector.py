@@ -99,6 +99,15 @@ def config_job_specs(jobs: Mapping[str, JobConfig]) -> list[JobSpec]:
 CACHED_NOTE = " (Cached: sources are polled in the background, see backup_source_*.)"
 
 
+#: First-seen keys that are not jobs' (verification due dates, SLA anchors): a database holding
+#: only those is still new for the jobs.
+NOT_JOB_KEYS = ("verification\x1f", "sla\x1f")
+
+
+def _is_job_key(key: str) -> bool:
+    return not key.startswith(NOT_JOB_KEYS)
+
+
 def _copy(family: Metric) -> Metric:
     """Copy a family shallowly, so merging may extend its samples without touching the original."""
     fresh = Metric(family.name, family.documentation, family.type, family.unit)
@@ -161,7 +170,7 @@ class SnapshotCollector:
         # on all their history, as an exporter without a memory would (first start ever).
         self._bootstrap = (
             {p.name for p in pollers}
-            if self.keeper.enabled and not self.keeper.first_seen
+            if self.keeper.enabled and not any(map(_is_job_key, self.keeper.first_seen))
             else set()
         )
         for poller in pollers:

@@ -19,7 +19,7 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -95,6 +95,7 @@ class Homelab:
     config_path: Path
     config: Config
     b2_master: tuple[str, str] = ("", "")
+    healthy: bool = False
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -181,6 +182,12 @@ class Homelab:
                 store.add_record(**asdict(record), now=now)
         finally:
             store.close()
+        if not self.healthy:
+            # The strategy was written a season ago and no restore test has been done since:
+            # its assets were first seen 100 days ago, so the quarterly test is overdue.
+            since = self.clock.time() - VERIFICATION_SINCE
+            for asset in self.config.assets:
+                keeper.first_seen_at(f"verification\x1f{asset}", since)
 
     async def stop(self) -> None:
         """Stop every fake server."""
@@ -230,6 +237,36 @@ def _seed_s3(port: int) -> None:
             client.put_object(
                 Bucket=STORJ_BUCKET, Key=f"{prefix}weekly-{i}.bin", Body=rng.randbytes(4096 + i)
             )
+
+
+VERIFICATION_SINCE = 100 * 86400.0  # the reference strategy's age: restore tests never done
+STORJ_TASK = "Storj weekly"
+STORJ_STALL = 7 * 86400.0  # the reference homelab's Storj sync stopped this long ago
+
+
+def _last_storj_sync(before: float) -> float:
+    """When the last Storj weekly run (Wednesday 05:00, about 4 h) before ``before`` ended."""
+    zone = ZoneInfo(TZ)
+    day = datetime.fromtimestamp(before, zone)
+    while True:
+        start = datetime.combine(day.date(), time(5, 0), tzinfo=zone)
+        if start.weekday() == 2 and start.timestamp() + 4 * 3600 <= before:
+            return start.timestamp() + 4 * 3600
+        day -= timedelta(days=1)
+
+
+def _age_storj(at: float) -> None:
+    """Date every Storj object ``at`` (the stalled sync's copy).
+
+    moto stamps uploads with the real time, so the copy is aged in moto's in-process backend.
+    """
+    from moto.core import DEFAULT_ACCOUNT_ID  # noqa: PLC0415
+    from moto.s3.models import s3_backends  # noqa: PLC0415
+
+    when = datetime.fromtimestamp(at, UTC).replace(tzinfo=None)  # moto keeps naive UTC
+    bucket = s3_backends[DEFAULT_ACCOUNT_ID]["global"].buckets[STORJ_BUCKET]
+    for key in bucket.keys.values():
+        key.last_modified = when
 
 
 def _seed_files(folder: Path, now: float) -> None:
@@ -460,7 +497,11 @@ async def start_homelab(
         scenario.guests = [g for g in scenario.guests if g.vmid != 101]
         scenario.storage("truenas-backups").total = 500 * 2**30
     pve = await start_fake_pve(scenario, port=pve_port)
-    nas = truenas_homelab(clock.time, tz=TZ)
+    # Unless healthy, the Storj sync stalled a week ago: its last run did not fire (the job is
+    # overdue) and the Storj copy is a week or more old.
+    nas = truenas_homelab(
+        clock.time, tz=TZ, skip_from=None if healthy else {STORJ_TASK: now - STORJ_STALL}
+    )
     if healthy:
         # The reference disk sdb's newest short self-test failed; in the healthy lab it passed.
         for disk in nas.disks:
@@ -479,6 +520,8 @@ async def start_homelab(
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
     moto.start()
     _seed_s3(moto_port)
+    if not healthy:
+        _age_storj(_last_storj_sync(now - STORJ_STALL))
     ha_dir = workdir / "ha-backup"
     _seed_files(ha_dir, now)
     _write_secret(secrets / "pve.token", pve.token_secret)
@@ -510,6 +553,7 @@ async def start_homelab(
     config_path.write_text(yaml.safe_dump(doc, sort_keys=False))
     config = parse_config(config_path.read_text(), base_dir=workdir)
     return Homelab(
+        healthy=healthy,
         clock=clock,
         workdir=workdir,
         pve=pve,

@@ -17,7 +17,7 @@ Knobs: :meth:`TrueNASScenario.advance` (with a clock that can advance), :meth:`f
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -77,6 +77,8 @@ class FakeCloudSync:
     enabled: bool = True
     duration: float = 3600.0  # how long a run takes
     behaviour: str = "ok"  # ok | fail | skip (the NAS was off / the task did not fire)
+    # Scheduled runs at or after this instant do not fire (the demo's stalled Storj sync).
+    skip_from: float | None = None
     job: dict[str, Any] | None = None  # id, state, time_started/finished, error, outcome, ends
 
 
@@ -284,7 +286,7 @@ class TrueNASScenario:
         self._finish_running(self.now())
 
     def _fire(self, task: FakeCloudSync, at: float) -> None:
-        if task.behaviour == "skip":
+        if task.behaviour == "skip" or (task.skip_from is not None and at >= task.skip_from):
             return
         if task.job is not None and task.job["state"] == "RUNNING":
             return  # TrueNAS does not start a task that is still running
@@ -604,6 +606,7 @@ def homelab(
     release: str = "25.04",
     history_days: int = 40,
     tz: str = "Europe/Berlin",
+    skip_from: Mapping[str, float] | None = None,
 ) -> TrueNASScenario:
     """Build the strategy document's TrueNAS at ``now()``, after ``history_days`` of history.
 
@@ -749,6 +752,8 @@ def homelab(
         "end": start - 30 * DAY + 3 * 3600,
         "errors": 0,
     }
+    for description, at in (skip_from or {}).items():
+        scenario.task(description).skip_from = at
     scenario.simulated_until = start
     scenario.sync()
     return scenario
