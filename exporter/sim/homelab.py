@@ -260,7 +260,7 @@ def _age_storj(at: float) -> None:
 
     moto stamps uploads with the real time, so the copy is aged in moto's in-process backend.
     """
-    from moto.core import DEFAULT_ACCOUNT_ID  # noqa: PLC0415
+    from moto.core.models import DEFAULT_ACCOUNT_ID  # noqa: PLC0415
     from moto.s3.models import s3_backends  # noqa: PLC0415
 
     when = datetime.fromtimestamp(at, UTC).replace(tzinfo=None)  # moto keeps naive UTC
