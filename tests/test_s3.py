@@ -419,6 +419,7 @@ async def test_listing_interrupted_by_500s(offsite: Seeded, proxy: FaultProxy) -
     assert poller.requests["list"] >= 3
     assert state.snapshot.buckets == good.snapshot.buckets
     proxy.fail_lists = False
+    clock.advance(3600)  # a failed listing is tried again at the next wake-up
     state = await poller.poll_once()
     assert state.up and state.snapshot.targets[0].up
 
@@ -442,6 +443,7 @@ async def test_listing_hang_times_out_with_bounded_attempts(
     assert proxy.hung.is_set()
     hang, proxy.hang = proxy.hang, None
     hang.set()
+    clock.advance(3600)  # a failed listing is tried again at the next wake-up
     assert (await poller.poll_once()).up
     # What an abandoned hung listing costs: run a fetch on a worker of our own, keep the
     # backend hung, and wait for the worker to finish: botocore stops after

@@ -195,7 +195,7 @@ class S3Source(BucketSource[S3Config]):
     ) -> None:
         """Page through ``ListObjectsV2`` and aggregate each page as it arrives."""
         self._call = call
-        token: str | None = None
+        token: str | None = agg.cursor  # a retry resumes at the first page not counted
         while True:
             call.check()
             kwargs: dict[str, Any] = {"Bucket": bucket.name, "Prefix": prefix, "MaxKeys": LIST_PAGE}
@@ -213,6 +213,7 @@ class S3Source(BucketSource[S3Config]):
             if not isinstance(nxt, str) or not nxt or nxt == token:
                 # A store that says "more" without a new token would loop forever.
                 raise FetchError("parse", "truncated listing without a new continuation token")
+            agg.checkpoint(nxt, sampler)
             token = nxt
 
     def download(
