@@ -88,7 +88,8 @@ class SyntheticB2(RawSimulator):  # type: ignore[misc]
 class Walk:
     """The per-day Class C counts of a walk and what the last snapshot showed."""
 
-    per_day: list[int]
+    per_day: list[int]  # Class C calls on each UTC day
+    class_b: list[int]  # Class B calls (downloads) on each UTC day
     objects: int | None
     target_up: bool
     list_calls: int
@@ -105,14 +106,16 @@ def b2_world(total: int, fail_at: int | None) -> tuple[SyntheticB2, str, str]:
     return sim, key_id, key
 
 
-def class_c_total(collector: SnapshotCollector) -> int:
+def class_totals(collector: SnapshotCollector) -> Counter[str]:
+    """``backup_source_api_requests_total`` by class, read from the exposition."""
     reg = CollectorRegistry(auto_describe=False)
     reg.register(collector)
+    totals: Counter[str] = Counter()
     for fam in text_string_to_metric_families(generate_latest(reg).decode()):
         for s in fam.samples:
-            if s.name == "backup_source_api_requests_total" and s.labels["class"] == "C":
-                return int(s.value)
-    return 0
+            if s.name == "backup_source_api_requests_total":
+                totals[s.labels["class"]] += int(s.value)
+    return totals
 
 
 async def walk(
@@ -145,15 +148,17 @@ sources:
     collector = SnapshotCollector([poller], clock=clock, jobs=config.jobs)
     interval = config.sources["b2"].interval
     per_day: list[int] = []
-    counted = 0
+    class_b: list[int] = []
+    counted: Counter[str] = Counter()
     state = None
     while clock.time() < MIDNIGHT + days * DAY:
         state = await poller.poll_once()
         assert state.up, state.error
         clock.advance(interval)
         if (clock.time() - MIDNIGHT) % DAY == 0:
-            now = class_c_total(collector)
-            per_day.append(now - counted)
+            now = class_totals(collector)
+            per_day.append(now["C"] - counted["C"])
+            class_b.append(now["B"] - counted["B"])
             counted = now
     assert state is not None
     snap = state.snapshot
@@ -162,6 +167,7 @@ sources:
     return (
         Walk(
             per_day=per_day,
+            class_b=class_b,
             objects=buckets[0].prefixes[0].objects if buckets else None,
             target_up=snap.targets[0].up,
             list_calls=mem["list_calls"],
@@ -183,6 +189,7 @@ async def test_healthy_200k_bucket_costs_at_most_250_class_c_a_day() -> None:
     assert result.list_calls == 200
     assert result.per_day == HEALTHY
     assert max(result.per_day) <= 250
+    assert result.class_b == [0, 0], "no restore check configured: no download"
 
 
 async def test_without_the_budget_the_bucket_interval_decides() -> None:
