@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -161,7 +162,9 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[dict[str
     return stats, out.decode()
 
 
-def bench(objects: int, runs: int) -> dict[str, Any]:
+@contextlib.contextmanager
+def moto_server(objects: int) -> Iterator[int]:
+    """Run the seeded moto server child; yield its port."""
     server = subprocess.Popen(
         [sys.executable, __file__, "--serve", str(objects)],
         stdin=subprocess.PIPE,
@@ -170,10 +173,17 @@ def bench(objects: int, runs: int) -> dict[str, Any]:
     )
     assert server.stdout is not None
     assert server.stdin is not None
-    port = int(server.stdout.readline())
+    try:
+        yield int(server.stdout.readline())
+    finally:
+        server.stdin.close()
+        server.wait(30)
+
+
+def bench(objects: int, runs: int) -> dict[str, Any]:
     rclone = shutil.which("rclone")
     rows: dict[str, list[dict[str, Any]]] = {"exporter": [], "rclone": []}
-    try:
+    with moto_server(objects) as port:
         for _ in range(runs):
             stats, out = measure([sys.executable, __file__, "--list", str(port)])
             got = json.loads(out.strip().splitlines()[-1])
@@ -188,9 +198,6 @@ def bench(objects: int, runs: int) -> dict[str, Any]:
                 if count != objects:
                     raise SystemExit(f"rclone counted {count} of {objects} objects")
                 rows["rclone"].append(stats)
-    finally:
-        server.stdin.close()
-        server.wait(30)
     result: dict[str, Any] = {"objects": objects, "runs": runs}
     for client, samples in rows.items():
         if samples:
@@ -203,16 +210,7 @@ def bench(objects: int, runs: int) -> dict[str, Any]:
 
 
 def profile(objects: int) -> None:
-    server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(objects)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert server.stdout is not None
-    assert server.stdin is not None
-    port = int(server.stdout.readline())
-    try:
+    with moto_server(objects) as port:
         # The listing itself runs in the source's worker thread, which cProfile does not
         # see: call the kind's blocking methods here instead, as that thread would.
         config = exporter_config(port)
@@ -233,9 +231,6 @@ def profile(objects: int) -> None:
         pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(25)
         print(json.dumps(got))
         print(buf.getvalue())
-    finally:
-        server.stdin.close()
-        server.wait(30)
 
 
 def main() -> None:

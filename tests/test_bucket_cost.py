@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from b2sdk.v3 import B2Api, B2HttpApiConfig, InMemoryAccountInfo, RawSimulator
 from b2sdk.v3.exception import interpret_b2_error
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from test_b2 import CountingSim
 
 from exporter.core.clock import FakeClock
 from exporter.core.collector import SnapshotCollector
@@ -33,7 +34,7 @@ MIDNIGHT = 1_772_409_600
 BASE_MS = 1_769_720_403_000
 
 
-class SyntheticB2(RawSimulator):  # type: ignore[misc]
+class SyntheticB2(CountingSim):
     """Generates ``total`` names (``obj-000000042``) page by page; stores none of them.
 
     ``fail_at``: the page that starts at this object index answers 503 (persistently).
@@ -41,15 +42,6 @@ class SyntheticB2(RawSimulator):  # type: ignore[misc]
 
     total = 0
     fail_at: int | None = None
-    calls: ClassVar[Counter[str]] = Counter()
-
-    def authorize_account(self, *args: Any, **kwargs: Any) -> Any:
-        self.calls["authorize_account"] += 1
-        return super().authorize_account(*args, **kwargs)
-
-    def list_buckets(self, *args: Any, **kwargs: Any) -> Any:
-        self.calls["list_buckets"] += 1
-        return super().list_buckets(*args, **kwargs)
 
     def list_file_names(
         self,
@@ -98,7 +90,7 @@ class Walk:
 def b2_world(total: int, fail_at: int | None) -> tuple[SyntheticB2, str, str]:
     seed = B2Api(InMemoryAccountInfo(), api_config=B2HttpApiConfig(_raw_api_class=SyntheticB2))
     sim = seed.session.raw_api
-    sim.total, sim.fail_at, sim.calls = total, fail_at, Counter()
+    sim.total, sim.fail_at = total, fail_at
     key_id, key = sim.create_account()
     seed.authorize_account(key_id, key)
     seed.create_bucket("homelab", "allPrivate")
