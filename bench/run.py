@@ -56,6 +56,9 @@ class Script:
 
 
 SCRIPTS = (
+    # Bucket listing CPU and API cost (this work).
+    Script("bucket_cost.py"),
+    Script("s3_listing.py", needs=("rclone",), runs_itself=True),
     # The scrape-cache work's scripts (scrape latency at 1k/6k/12k series vs generate_latest
     # and prometheus-pve-exporter, scrape during a 200k-snapshot poll, idle RSS/CPU).
     Script("scrape_cache.py", quick=("--quick",)),
@@ -68,8 +71,6 @@ SCRIPTS = (
         runs_itself=True,
         quick=("--modes", "paged", "--idle", "2"),
     ),
-    Script("s3_listing.py", needs=("rclone",), runs_itself=True),
-    Script("bucket_cost.py"),
 )
 
 
@@ -255,7 +256,7 @@ def main() -> None:
         doc += [f"{o.runs} runs, {o.seconds:.0f} s. Output of the last run:", "", "```"]
         doc += [o.text.rstrip(), "```", ""]
     args.output.write_text("\n".join(doc))
-    print(f"wrote {args.output.relative_to(ROOT)}")
+    print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":
