@@ -41,6 +41,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "RESULTS.md"
+# Hand-written notes on the targets (what was missed, by how much, why), appended to RESULTS.md.
+NOTES = BENCH / "targets.md"
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,43 @@ def table(outcomes: list[Outcome]) -> list[str]:
     return lines
 
 
+def render(
+    outcomes: list[Outcome], *, runs: int, quick: bool, started: dt.datetime, loads: list[str]
+) -> str:
+    """RESULTS.md: machine, date, command, the summary table, each script's own output."""
+    info = machine()
+    command = "make bench" + (" (bench/run.py --quick)" if quick else "")
+    doc = [
+        "# Bench results",
+        "",
+        f"Written by `bench/run.py` ({command}). Medians of {runs} runs per script; the ratio",
+        "is ours / reference (lower is better for times, CPU and memory).",
+        "",
+        f"* date: {started:%Y-%m-%d %H:%M} UTC",
+        f"* machine: {info['nproc']} CPUs ({info['cpu']}), {info['ram']} RAM, {info['os']},"
+        f" Python {info['python']}",
+        f"* load average (1/5/15 min) at the start and after each script: {'; '.join(loads)}"
+        " (a shared machine: other work ran at the same time, so ratios count, not times)",
+        f"* command: `.venv/bin/python bench/run.py --runs {runs}"
+        + (" --quick`" if quick else "`"),
+        "",
+        "## Summary",
+        "",
+        *table(outcomes),
+        "",
+    ]
+    for o in outcomes:
+        doc += [f"## {o.script.name}", ""]
+        if o.error:
+            doc += [f"Not measured: {o.error}.", ""]
+            continue
+        doc += [f"{o.runs} runs, {o.seconds:.0f} s. Output of the last run:", "", "```"]
+        doc += [o.text.rstrip(), "```", ""]
+    if NOTES.exists():
+        doc += [NOTES.read_text().rstrip(), ""]
+    return "\n".join(doc)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -219,43 +258,18 @@ def main() -> None:
     runs = max(3, args.runs)
     chosen = [s for s in SCRIPTS if not args.only or s.name in args.only]
     started = dt.datetime.now(dt.UTC)
-    load_before = load()
-    outcomes = [run_script(s, runs, args.quick) for s in chosen]
-    load_after = load()
-    lines = table(outcomes)
-    print("\n".join(lines))
+    loads = [load()]
+    outcomes: list[Outcome] = []
+    for script in chosen:
+        outcomes.append(run_script(script, runs, args.quick))
+        loads.append(load())
+        # Written after every script, so an interrupted run keeps what it measured.
+        text = render(outcomes, runs=runs, quick=args.quick, started=started, loads=loads)
+        args.output.write_text(text)
+    print("\n".join(table(outcomes)))
     for o in outcomes:
         if o.error:
             print(f"{o.script.name}: {o.error}")
-    info = machine()
-    command = "make bench" + (" (bench/run.py --quick)" if args.quick else "")
-    doc = [
-        "# Bench results",
-        "",
-        f"Written by `bench/run.py` ({command}). Medians of {runs} runs per script; the ratio",
-        "is ours / reference (lower is better for times, CPU and memory).",
-        "",
-        f"* date: {started:%Y-%m-%d %H:%M} UTC",
-        f"* machine: {info['nproc']} CPUs ({info['cpu']}), {info['ram']} RAM, {info['os']},"
-        f" Python {info['python']}",
-        f"* load average (1/5/15 min) before: {load_before}, after: {load_after}"
-        " (a shared machine: other work ran at the same time, so ratios count, not times)",
-        f"* command: `.venv/bin/python bench/run.py --runs {runs}"
-        + (" --quick`" if args.quick else "`"),
-        "",
-        "## Summary",
-        "",
-        *lines,
-        "",
-    ]
-    for o in outcomes:
-        doc += [f"## {o.script.name}", ""]
-        if o.error:
-            doc += [f"Not measured: {o.error}.", ""]
-            continue
-        doc += [f"{o.runs} runs, {o.seconds:.0f} s. Output of the last run:", "", "```"]
-        doc += [o.text.rstrip(), "```", ""]
-    args.output.write_text("\n".join(doc))
     print(f"wrote {args.output}")
 
 
