@@ -265,3 +265,24 @@ async def test_junk_progress_in_the_memory_counts_as_never_listed(junk: dict[str
     from exporter.buckets.memory import decode
 
     assert decode({"listed_from": 1.0, "prefixes": [], **junk}) is None
+
+
+async def test_an_unreachable_api_fails_the_source_without_a_bucket_back_off() -> None:
+    from test_buckets import good, scripted
+
+    from exporter.sources.base import FetchError
+
+    clock = FakeClock(1_800_000_000)
+    src = scripted(canary="a/1")
+    src.outcomes = [good(b"x")]
+    poller = Poller(src, clock=clock)
+    assert (await poller.poll_once()).up
+    clock.advance(6 * 3600)
+    src.list_error = FetchError("connection", "connection refused")
+    state = await poller.poll_once()
+    assert (state.up, state.reason) == (False, "connection")
+    # The endpoint is back: the poller's next try lists at once (no bucket back-off).
+    src.list_error = None
+    state = await poller.poll_once()
+    assert state.up and state.snapshot.targets[0].up
+    assert src.lists == 3

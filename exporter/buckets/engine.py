@@ -242,6 +242,7 @@ class BucketSource(Source[C, BucketsSnapshot]):
         if due:
             await self._blocking(ctx, BlockingCall(ctx, loop), self.prepare)
         failures: dict[str, FetchError] = {}
+        stored_before = dict(memory)
         for bucket in due:
             # A fresh call per bucket: abandoning one listing cancels only that one.
             call = BlockingCall(ctx, loop)
@@ -269,6 +270,19 @@ class BucketSource(Source[C, BucketsSnapshot]):
             stored[bucket.name] = encode(new)
         reasons = {err.reason for err in failures.values()}
         if failures and len(failures) == len(due) and reasons <= API_DOWN_REASONS:
+            # The endpoint is down, not a bucket: the source is down and the poller's own
+            # back-off applies. Keep each listing's progress, but no bucket back-off, so
+            # the next poll that reaches the API lists them (and says the source is up).
+            for name in failures:
+                before = stored_before.get(name)
+                new = replace(
+                    memory[name],
+                    failures=0 if before is None else before.failures,
+                    retry_at=0.0 if before is None else before.retry_at,
+                    failure=None if before is None else before.failure,
+                )
+                memory[name] = new
+                stored[name] = encode(new)
             first = next(iter(failures.values()))
             message = "; ".join(f"bucket {n!r}: {e.message}" for n, e in failures.items())
             raise FetchError(first.reason, message)
