@@ -46,9 +46,11 @@ test: venv debs lint pytest
 demo: $(VENV)/.installed-demo
 	$(BIN)/backup-exporter demo
 
+# Installs its own peers (rclone from Debian, prometheus-pve-exporter into bench/.venv-peer);
+# `make bench BENCH_ARGS=--quick` for shorter runs. Never part of `make test`.
 bench: venv
 	$(BIN)/python bench/bucket_memory.py
-	$(BIN)/python bench/scrape_latency.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 dashboards: venv
 	$(BIN)/python dashboards/generate.py

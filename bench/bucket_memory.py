@@ -7,9 +7,9 @@ Each measurement runs in a fresh subprocess. It sets up b2sdk against a syntheti
 itself holds no objects), lists 1,000 objects once to warm imports and caches, records
 ``ru_maxrss`` as the baseline, then lists N objects:
 
-* ``streaming``: the real ``B2Source.fetch()`` of ``exporter.sources.b2.source`` (b2sdk
-  ``Bucket.ls(fetch_count=1000)`` → ``PrefixAggregate``, with restore-check reservoir
-  sampling on every object), exactly the production code path;
+* ``streaming``: the real ``B2Source.fetch()`` of ``exporter.sources.b2.source`` (pages of
+  1000 from b2sdk's ``session.list_file_names`` → ``PrefixAggregate``, with restore-check
+  reservoir sampling on every object), exactly the production code path;
 * ``naive``: what peer exporters do, ``list(bucket.ls(...))`` and then aggregate.
 
 Peak RSS growth over the baseline is printed side by side. The streaming growth should

@@ -215,6 +215,17 @@ def rule_queries(alerts_dir: Path = ALERTS_DIR) -> list[tuple[str, str]]:
     return out
 
 
+def recorded_names(alerts_dir: Path = ALERTS_DIR) -> set[str]:
+    """The series the recording rules make (Prometheus, not the exporter, exports them)."""
+    return {
+        rule["record"]
+        for path in sorted(alerts_dir.glob("*.rules.yml"))
+        for group in yaml.safe_load(path.read_text(encoding="utf-8"))["groups"]
+        for rule in group["rules"]
+        if "record" in rule
+    }
+
+
 def rule_metric_names(alerts_dir: Path = ALERTS_DIR) -> dict[str, set[str]]:
     """Metric name → the alerts that use it (``up`` included: it is Prometheus's own)."""
     used: dict[str, set[str]] = {}

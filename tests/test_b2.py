@@ -424,10 +424,15 @@ async def test_listing_interrupted_by_500s_keeps_values_and_bounds_calls(world: 
     err = lbl(source="b2", kind="b2", target="bucket/homelab", reason="http")
     assert after.pop(("backup_target_error_info", err)) == 1.0
     assert after == before
-    # Recovery lists again and picks up the new object.
+    # Recovery: the failed bucket backs off until the next wake-up (down meanwhile), then
+    # lists again and picks up the new object.
     world.sim.fail_lists = False
     state = await poller.poll_once()
-    assert state.up
+    assert world.sim.calls["list_file_names"] == 3, "not retried before its back-off"
+    assert (state.snapshot.targets[0].up, state.snapshot.targets[0].reason) == (False, "http")
+    clock.advance(3600)
+    state = await poller.poll_once()
+    assert state.up and state.snapshot.targets[0].up
     assert state.snapshot.buckets[0].prefixes[0].objects == world.expected("immich/")[0]
 
 
@@ -456,6 +461,7 @@ async def test_hung_listing_times_out_keeps_values_and_bounds_calls(world: World
     # paging on; the next poll queues behind it in the source's single worker thread.
     hang, world.sim.hang = world.sim.hang, None
     hang.set()
+    clock.advance(3600)  # the first retry of a failed listing: the next wake-up
     state = await poller.poll_once()
     assert state.up
     assert state.snapshot.targets[0].up

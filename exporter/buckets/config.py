@@ -187,6 +187,9 @@ class BucketSourceConfig(SourceConfig):
 
     buckets: Annotated[tuple[BucketConfig, ...], BeforeValidator(_buckets), _AsNamedMap()]
     retries: Retries = 2
+    #: List calls a day that the source's listings may average (0: no budget); large
+    #: buckets are listed less often than their ``interval`` to stay within it.
+    list_calls_per_day: NonNegative = 0.0
     #: Each bucket's listing (and restore check) within the poll; 0: half of ``timeout``.
     target_timeout: DurationOrZero = 0.0
 

@@ -17,6 +17,17 @@ Cost and memory:
   (``bench/bucket_memory.py`` measures it).
 * The restore check picks its sample while the listing streams (reservoir sampling, one
   object kept), so it costs no extra list calls, only one download.
+* A list-call budget (``list_calls_per_day``; ``kind: b2`` defaults to 250, 10 % of B2's free
+  2,500 Class C calls a day) stretches the interval of large buckets: with ``C`` the list
+  calls of the last listing of all the source's buckets, every bucket waits at least one
+  day / ⌊budget / C⌋ between listings (more than a day if one round costs more than the
+  budget), so no UTC day holds more than the budget. A 200k-object bucket (201 calls a
+  listing) is listed daily, a 5k-object one keeps its 6 h.
+* A failed listing backs off exponentially per bucket (the source interval, doubling, at
+  most the bucket's interval) and resumes at the first page it had not counted (the S3
+  continuation token or B2 start file name, kept in the durable memory with the aggregates so
+  far), so a page that keeps failing costs ``retries + 1`` calls a try instead of a new
+  listing every poll. An interrupted listing older than the bucket's interval starts over.
 
 Each bucket is a target (``bucket/<name>``, :mod:`exporter.sources.targets`): its listing and
 restore check run under the source's ``target_timeout``; a bucket that fails keeps its last
@@ -51,9 +62,11 @@ import os
 import random
 import threading
 from abc import abstractmethod
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from prometheus_client.core import Metric
 
@@ -63,7 +76,7 @@ from exporter.buckets.config import (
     RestoreCheckConfig,
 )
 from exporter.buckets.listing import PrefixAggregate, ReservoirSampler
-from exporter.buckets.memory import BucketMemory, buckets, decode, encode
+from exporter.buckets.memory import BucketMemory, PartialListing, buckets, decode, encode
 from exporter.buckets.model import (
     BucketsSnapshot,
     BucketState,
@@ -77,7 +90,7 @@ from exporter.buckets.model import (
 from exporter.buckets.render import render_buckets
 from exporter.buckets.restore import verify
 from exporter.schedule.jobs import Evidence
-from exporter.sources.base import FetchContext, FetchError, Source
+from exporter.sources.base import FetchContext, FetchError, Reason, Source
 from exporter.sources.targets import (
     API_DOWN_REASONS,
     TargetStatus,
@@ -107,9 +120,12 @@ class BlockingCall:
         self._ctx = ctx
         self._loop = loop
         self.cancelled = threading.Event()
+        #: Calls made through this handle, per class (read once the blocking call returned).
+        self.spent: Counter[str] = Counter()
 
     def count(self, api_class: str) -> None:
         """Count one API call of billing class ``api_class``."""
+        self.spent[api_class] += 1
         # RuntimeError: the loop is closed because the exporter is shutting down.
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._ctx.count_request, api_class)
@@ -122,6 +138,30 @@ class BlockingCall:
 
 R = TypeVar("R")
 C = TypeVar("C", bound=BucketSourceConfig)
+DAY = 86400.0
+
+
+@dataclass
+class _Progress:
+    """What a listing has finished so far (read by :meth:`BucketSource.fetch` on failure)."""
+
+    listed_from: float
+    calls_before: int  # calls spent by the earlier tries of a resumed listing
+    done: list[PrefixStats] = field(default_factory=list)
+    agg: PrefixAggregate | None = None
+    eligible: int = 0
+    chosen: SampleObject | None = None
+
+    def partial(self, call: BlockingCall) -> PartialListing:
+        saved = None if self.agg is None else self.agg.saved
+        return PartialListing(
+            started=self.listed_from,
+            done=tuple(self.done),
+            saved=saved,
+            eligible=self.eligible,
+            chosen=self.chosen,
+            calls=self.calls_before + call.spent.total(),
+        )
 
 
 class BucketSource(Source[C, BucketsSnapshot]):
@@ -202,20 +242,47 @@ class BucketSource(Source[C, BucketsSnapshot]):
         if due:
             await self._blocking(ctx, BlockingCall(ctx, loop), self.prepare)
         failures: dict[str, FetchError] = {}
+        stored_before = dict(memory)
         for bucket in due:
             # A fresh call per bucket: abandoning one listing cancels only that one.
             call = BlockingCall(ctx, loop)
-            work = self._refresh(ctx, call, bucket, started, memory.get(bucket.name))
+            old = memory.get(bucket.name)
+            resume = self._resume(bucket, started, old, memory)
+            progress = _Progress(
+                listed_from=started if resume is None else resume.started,
+                calls_before=0 if resume is None else resume.calls,
+            )
+            work = self._refresh(ctx, call, bucket, started, old, resume=resume, progress=progress)
             try:
                 new = await within(ctx, work, self.config.bucket_timeout, f"bucket {bucket.name!r}")
             except FetchError as exc:
                 call.cancelled.set()
                 failures[bucket.name] = exc
-            else:
-                memory[bucket.name] = new
-                stored[bucket.name] = encode(new)
+                new = self._failed(
+                    ctx,
+                    bucket=bucket,
+                    mem=old,
+                    partial=progress.partial(call),
+                    exc=exc,
+                    memory=memory,
+                )
+            memory[bucket.name] = new
+            stored[bucket.name] = encode(new)
         reasons = {err.reason for err in failures.values()}
         if failures and len(failures) == len(due) and reasons <= API_DOWN_REASONS:
+            # The endpoint is down, not a bucket: the source is down and the poller's own
+            # back-off applies. Keep each listing's progress, but no bucket back-off, so
+            # the next poll that reaches the API lists them (and says the source is up).
+            for name in failures:
+                before = stored_before.get(name)
+                new = replace(
+                    memory[name],
+                    failures=0 if before is None else before.failures,
+                    retry_at=0.0 if before is None else before.retry_at,
+                    failure=None if before is None else before.failure,
+                )
+                memory[name] = new
+                stored[name] = encode(new)
             first = next(iter(failures.values()))
             message = "; ".join(f"bucket {n!r}: {e.message}" for n, e in failures.items())
             raise FetchError(first.reason, message)
@@ -223,15 +290,82 @@ class BucketSource(Source[C, BucketsSnapshot]):
             log.debug("source=%s bucket %r: %s", self.name, name, err)
         return self.snapshot(memory, failures)
 
+    def bucket_interval(self, bucket: BucketConfig, memory: Mapping[str, BucketMemory]) -> float:
+        """Return the time between two listings of ``bucket``: its interval, stretched by budget.
+
+        The poller wakes once per source interval, so that is the shortest one in effect; it
+        also keeps a restart shortly after a listing from listing again. With a
+        ``list_calls_per_day`` budget every bucket waits long enough for the source's
+        listings (the last one of each bucket, or an interrupted one that cost more) to
+        average at most the budget a day.
+        """
+        interval = max(bucket.interval, self.config.interval)
+        budget = self.config.list_calls_per_day
+        if budget <= 0:
+            return interval
+        calls = sum(
+            max(m.list_calls, m.partial.calls if m.partial is not None else 0)
+            for m in memory.values()
+        )
+        if calls <= 0:
+            return interval
+        # n whole listings a day, evenly spaced: no UTC day (B2 counts per day from 00:00
+        # UTC) holds more than n of them, so none costs more than the budget.
+        per_day = budget // calls
+        spacing = DAY / per_day if per_day >= 1 else DAY * calls / budget
+        return max(interval, spacing)
+
     def _listing_due(
         self, bucket: BucketConfig, now: float, memory: Mapping[str, BucketMemory]
     ) -> bool:
         mem = memory.get(bucket.name)
-        if mem is None or tuple(p.prefix for p in mem.prefixes) != bucket.prefixes:
+        if mem is None:
             return True
-        # The poller wakes once per source interval, so that is the shortest one in effect;
-        # it also keeps a restart shortly after a listing from listing again.
-        return now - mem.listed_from >= max(bucket.interval, self.config.interval)
+        if mem.listed_from and tuple(p.prefix for p in mem.prefixes) != bucket.prefixes:
+            return True  # the configured prefixes changed
+        if mem.failures:
+            return now >= mem.retry_at
+        if not mem.listed_from:
+            return True  # never listed completely
+        return now - mem.listed_from >= self.bucket_interval(bucket, memory)
+
+    def _resume(
+        self,
+        bucket: BucketConfig,
+        now: float,
+        mem: BucketMemory | None,
+        memory: Mapping[str, BucketMemory],
+    ) -> PartialListing | None:
+        """Return the interrupted listing to continue (recent, same prefixes) or ``None``."""
+        partial = None if mem is None else mem.partial
+        if partial is None:
+            return None
+        if tuple(p.prefix for p in partial.done) != bucket.prefixes[: len(partial.done)]:
+            return None
+        if len(partial.done) >= len(bucket.prefixes):
+            return None
+        if now - partial.started >= self.bucket_interval(bucket, memory):
+            return None  # older than a listing interval: start over
+        return partial
+
+    def _failed(
+        self,
+        ctx: FetchContext,
+        *,
+        bucket: BucketConfig,
+        mem: BucketMemory | None,
+        partial: PartialListing,
+        exc: FetchError,
+        memory: Mapping[str, BucketMemory],
+    ) -> BucketMemory:
+        """Remember a failed listing: keep the last values, back off, keep the progress."""
+        new = BucketMemory(listed_from=0.0, prefixes=()) if mem is None else replace(mem)
+        new.failures += 1
+        delay = self.config.interval * 2.0 ** min(new.failures - 1, 20)
+        new.retry_at = ctx.clock.time() + min(delay, self.bucket_interval(bucket, memory))
+        new.failure = (exc.reason, exc.message)
+        new.partial = partial
+        return new
 
     async def _refresh(
         self,
@@ -240,18 +374,35 @@ class BucketSource(Source[C, BucketsSnapshot]):
         bucket: BucketConfig,
         started: float,
         mem: BucketMemory | None,
+        *,
+        resume: PartialListing | None,
+        progress: _Progress,
     ) -> BucketMemory:
         check = bucket.restore_check
-        restore_due = check is not None and (mem is None or started >= mem.restore_due_at)
+        listed_from = progress.listed_from
+        restore_due = check is not None and (mem is None or listed_from >= mem.restore_due_at)
         sampler = None
         if check is not None and restore_due and check.canary is None:
             sampler = ReservoirSampler(self._rng, check.max_bytes)
-        stats: list[PrefixStats] = []
-        for prefix in bucket.prefixes:
-            agg = PrefixAggregate()
+        saved = None
+        if resume is not None:
+            progress.done = list(resume.done)
+            progress.eligible, progress.chosen = resume.eligible, resume.chosen
+            saved = resume.saved
+            if saved is not None:
+                progress.eligible, progress.chosen = saved[5], saved[6]
+        if sampler is not None:
+            sampler.eligible, sampler.chosen = progress.eligible, progress.chosen
+        for prefix in bucket.prefixes[len(progress.done) :]:
+            agg = progress.agg = PrefixAggregate(saved)
+            saved = None
             await self._blocking(ctx, call, self.list_prefix, bucket, prefix, agg, sampler)
-            stats.append(agg.result(prefix, ctx.clock.time()))
-        new = BucketMemory(listed_from=started, prefixes=tuple(stats))
+            progress.done.append(agg.result(prefix, ctx.clock.time()))
+            progress.agg = None
+            if sampler is not None:
+                progress.eligible, progress.chosen = sampler.eligible, sampler.chosen
+        new = BucketMemory(listed_from=listed_from, prefixes=tuple(progress.done))
+        new.list_calls = progress.calls_before + call.spent.total()
         if mem is not None:
             new.restore, new.restore_last_success = mem.restore, mem.restore_last_success
             new.restore_due_at = mem.restore_due_at
@@ -262,7 +413,7 @@ class BucketSource(Source[C, BucketsSnapshot]):
                 new.restore_last_success = result.checked_at
             # A network failure is retried at the next listing; a verdict waits an interval.
             retry_soon = result.result == "download_error"
-            new.restore_due_at = started + (bucket.interval if retry_soon else check.interval)
+            new.restore_due_at = listed_from + (bucket.interval if retry_soon else check.interval)
         return new
 
     async def _restore_check(
@@ -330,8 +481,8 @@ class BucketSource(Source[C, BucketsSnapshot]):
         states = []
         for bucket in self.config.buckets:
             mem = memory.get(bucket.name)
-            if mem is None:
-                continue
+            if mem is None or not mem.listed_from:
+                continue  # never listed completely: nothing known, nothing rendered
             states.append(
                 BucketState(
                     name=bucket.name,
@@ -341,7 +492,13 @@ class BucketSource(Source[C, BucketsSnapshot]):
                     restore_last_success=mem.restore_last_success,
                 )
             )
-        failed = failures or {}
+        failed = dict(failures or {})
+        for bucket in self.config.buckets:
+            mem = memory.get(bucket.name)
+            if bucket.name not in failed and mem is not None and mem.failure is not None:
+                # Backing off: still down for the reason of its last try.
+                reason, message = mem.failure
+                failed[bucket.name] = FetchError(cast(Reason, reason), message)
         targets = tuple(
             TargetStatus.failed(bucket_target(b.name), failed[b.name])
             if b.name in failed

@@ -11,17 +11,46 @@ import random
 
 from exporter.buckets.model import BucketState, PrefixStats, SampleObject
 
+#: What a listing had reached after its last complete page: the prefix aggregate so far,
+#: the kind's cursor for the next page and the restore sampler's state (eligible, chosen).
+Checkpoint = tuple[int, int, float | None, float | None, str, int, SampleObject | None]
+
 
 class PrefixAggregate:
-    """Running count/size/newest/oldest of one prefix while its listing streams."""
+    """Running count/size/newest/oldest of one prefix while its listing streams.
 
-    __slots__ = ("newest", "objects", "oldest", "size_bytes")
+    ``cursor`` is where a resumed listing starts (``None``: at the beginning of the prefix):
+    the continuation token (S3) or start file name (B2) of the first page not yet counted.
+    After each complete page a kind calls :meth:`checkpoint`, which saves the whole state in
+    one assignment (``saved``), so the poll loop can read it while the worker thread of an
+    abandoned listing is still running.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("cursor", "newest", "objects", "oldest", "saved", "size_bytes")
+
+    def __init__(self, saved: Checkpoint | None = None) -> None:
         self.objects = 0
         self.size_bytes = 0
         self.newest: float | None = None
         self.oldest: float | None = None
+        self.cursor: str | None = None
+        self.saved = saved
+        if saved is not None:
+            self.objects, self.size_bytes, self.newest, self.oldest, self.cursor = saved[:5]
+
+    def checkpoint(self, cursor: str, sampler: ReservoirSampler | None) -> None:
+        """Record that every object before ``cursor`` is counted (call after each page)."""
+        self.cursor = cursor
+        eligible, chosen = (0, None) if sampler is None else (sampler.eligible, sampler.chosen)
+        self.saved = (
+            self.objects,
+            self.size_bytes,
+            self.newest,
+            self.oldest,
+            cursor,
+            eligible,
+            chosen,
+        )
 
     def add(self, size: int, timestamp: float) -> None:
         """Count one object (order does not matter: Storj lists in encrypted order)."""

@@ -12,6 +12,7 @@ from exporter.core.config import EvidenceSelector, KindSpec, Secret
 from exporter.core.fields import STRICT, Duration, NonNegative, Text
 
 DEFAULT_PRICE_PER_TB_MONTH = 6.0  # Backblaze pay-as-you-go since 2023-10-03
+DEFAULT_LIST_CALLS_PER_DAY = 250.0
 
 
 @dataclass(frozen=True, kw_only=True, config=STRICT)
@@ -23,6 +24,8 @@ class B2Config(BucketSourceConfig):
     timeout: Duration = 300.0
     key_id: Text
     application_key: Secret
+    #: 10 % of B2's free 2,500 Class C calls a day (docs/backends.md §5).
+    list_calls_per_day: NonNegative = DEFAULT_LIST_CALLS_PER_DAY
     #: The default price of the buckets (each bucket may set its own).
     price_per_tb_month: NonNegative = DEFAULT_PRICE_PER_TB_MONTH
 

@@ -3,14 +3,20 @@
 ``b2sdk.v3`` is the import Backblaze recommends since b2sdk 2.9.1 (docs/backends.md §5); its
 ``RawSimulator`` plumbing works the same as v2's, so tests run against the simulator.
 
-Listing uses ``Bucket.ls(path=prefix, recursive=True, latest_only=True, fetch_count=1000)``,
-i.e. ``b2_list_file_names``: only the latest version of each name, hidden names left out,
-exactly what a restore of "the bucket as of now" would see. Entries whose ``action`` is not
-``upload`` (unfinished large files ``start``, ``folder``) are skipped. ``fetch_count=1000``
-because B2 bills a list call per started 1000 names anyway (docs/backends.md §5), and smaller
-pages keep memory flat. Prefixes are folders (``""`` or ending in ``/``) because ``ls``
-treats any other path as a file name first; use ``kind: s3`` against B2's S3 endpoint for
-arbitrary string prefixes.
+Listing walks ``b2_list_file_names`` pages the way ``Bucket.ls(path=prefix, recursive=True,
+latest_only=True)`` does: only the latest version of each name, hidden names left out, exactly
+what a restore of "the bucket as of now" would see. Entries whose ``action`` is not ``upload``
+(unfinished large files ``start``, ``folder``) are skipped. Pages hold 1000 names because B2
+bills a list call per started 1000 names whatever ``maxFileCount`` is (B2's
+``b2_list_file_names`` docs: "The maximum number of files returned per transaction is 1000. If
+you set maxFileCount to more than 1000 and more than 1000 are returned, the call will be billed
+as multiple transactions"; docs/backends.md §5), and smaller pages keep memory flat. Prefixes
+are folders (``""`` or ending in ``/``) because ``ls`` treats any other path as a file name
+first; use ``kind: s3`` against B2's S3 endpoint for arbitrary string prefixes.
+
+Cost: the source's ``list_calls_per_day`` (default 250, 10 % of the free 2,500 Class C calls
+a day) stretches the listing interval of large buckets, and a failing page is retried with
+back-off from where the listing stopped (:mod:`exporter.buckets.engine`).
 
 Every call that reaches the B2 API is counted per billing class in
 ``backup_source_api_requests_total{class=...}``: ``C`` for ``b2_authorize_account``,
@@ -207,6 +213,31 @@ def b2_error(exc: Exception, *, secret: str = "") -> FetchError | None:
     return FetchError(reason, f"{type(exc).__name__}: {text[:300]}")
 
 
+def _take(entry: Any, prefix: str, agg: PrefixAggregate, sampler: ReservoirSampler | None) -> bool:
+    """Count one ``b2_list_file_names`` entry; False once the names leave ``prefix``."""
+    if not isinstance(entry, dict):
+        raise FetchError("parse", "listing entry is not an object")
+    name = entry.get("fileName")
+    if not isinstance(name, str):
+        raise FetchError("parse", "listing entry without a fileName")
+    if not name.startswith(prefix):
+        return False
+    if entry.get("action") != "upload":
+        return True  # "start": unfinished large file; "folder"/"hide": not data
+    size, uploaded = entry.get("contentLength", entry.get("size")), entry.get("uploadTimestamp")
+    if (
+        not isinstance(size, int)
+        or isinstance(size, bool)
+        or not isinstance(uploaded, int)
+        or size < 0
+    ):
+        raise FetchError("parse", f"malformed entry for {name[:100]!r} in listing")
+    agg.add(size, uploaded / 1000)
+    if sampler is not None and sampler.wants(size):
+        sampler.take(SampleObject(key=name, size=size, version=str(entry.get("fileId", ""))))
+    return True
+
+
 class B2Source(BucketSource[B2Config]):
     """Lists B2 buckets with b2sdk in the source's worker thread.
 
@@ -281,20 +312,34 @@ class B2Source(BucketSource[B2Config]):
         agg: PrefixAggregate,
         sampler: ReservoirSampler | None,
     ) -> None:
-        """Stream ``b2_list_file_names`` pages into ``agg`` (latest visible versions only)."""
+        """Stream ``b2_list_file_names`` pages into ``agg`` (latest visible versions only).
+
+        The same walk as b2sdk's ``Bucket.ls(path, recursive=True, latest_only=True)``
+        (b2sdk ``_internal/bucket.py``, ``Bucket.ls``): start at the prefix itself, follow
+        ``nextFileName`` and stop at the first name outside the prefix. It calls the session
+        directly so that a retry can start at ``agg.cursor`` (the ``nextFileName`` of the last
+        page counted) and reads the entry dicts without building b2sdk ``FileVersion``s.
+        """
         b = self._bucket(call, bucket.name)
-        for fv, _folder in b.ls(
-            path=prefix, recursive=True, latest_only=True, fetch_count=LIST_PAGE
-        ):
+        assert self._api is not None, "prepare() runs first"
+        session = self._api.session
+        start = prefix if agg.cursor is None else agg.cursor
+        while True:
             call.check()
-            if fv.action != "upload":
-                continue  # "start": unfinished large file; "folder"/"hide": not data
-            size, uploaded = fv.size, fv.upload_timestamp
-            if not isinstance(size, int) or not isinstance(uploaded, int) or size < 0:
-                raise FetchError("parse", f"malformed entry for {fv.file_name!r} in listing")
-            agg.add(size, uploaded / 1000)
-            if sampler is not None and sampler.wants(size):
-                sampler.take(SampleObject(key=fv.file_name, size=size, version=fv.id_))
+            page = session.list_file_names(b.id_, start, LIST_PAGE, prefix)
+            files = page.get("files") if isinstance(page, dict) else None
+            if not isinstance(files, list):
+                raise FetchError("parse", "b2_list_file_names answered without files")
+            for entry in files:
+                if not _take(entry, prefix, agg, sampler):
+                    return  # past the prefix
+            nxt = page.get("nextFileName")
+            if nxt is None or not files:
+                return
+            if not isinstance(nxt, str) or nxt <= start:
+                raise FetchError("parse", "b2_list_file_names did not move on")
+            agg.checkpoint(nxt, sampler)
+            start = nxt
 
     def download(
         self,
