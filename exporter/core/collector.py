@@ -449,8 +449,15 @@ class SnapshotCollector:
         return out
 
     def job_history(self) -> dict[str, list[tuple[float, bool]]]:
-        """Per job id (``source/name/vmid``): ``(finish deadline, met)`` of its recent runs."""
-        return {}
+        """Per job id (``source/name/vmid``): ``(finish deadline, met)`` of its recent runs.
+
+        The runs the SLA counters counted (``exporter/schedule/sla.py``), from the run history.
+        """
+        out: dict[str, list[tuple[float, bool]]] = {}
+        for status in self.job_statuses():
+            name, source, vmid = job_labels(status.spec)
+            out[f"{source}/{name}/{vmid}"] = self.keeper.recent_runs(status.spec)
+        return out
 
     def _note_conflicts(self, dropped: list[tuple[JobSpec, str]]) -> None:
         counts: dict[str, int] = {}
