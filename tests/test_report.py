@@ -67,7 +67,15 @@ async def test_report_from_the_store_fills_the_strategy_blanks(
     numbered = re.findall(r"^(\d+)\. (.*)$", text, flags=re.M)
     assert numbered and numbered[0][0] == "1"
     assert report.md(doc["verdict"]["first_action"]) == numbered[0][1]
-    assert "not backed up" in text or "101" in text
+    assert "no backup job covers it" in text and "dns101" in text
+    # The strategy's blanks: restore tests never done, and one policy drifted.
+    line = next(x for x in text.splitlines() if x.startswith("| immich | restore-test |"))
+    assert "| never |" in line and "**overdue**" in line, line
+    drift = next(x for x in text.splitlines() if x.startswith("| nfs\\_export |"))
+    assert "**drifted**" in drift and "192.0.2.0/24" in drift, drift
+    # Layers and assets, with copies and offsite copies: the stale Storj copy among them.
+    assert "| immich | high | 2 d | attention |" in text
+    assert "storj copy" in text
 
 
 async def test_report_cli_writes_markdown_and_html_and_says_when_there_is_no_state(

@@ -168,6 +168,10 @@ async def test_a_hand_computed_month_with_three_missed_runs_across_a_restart(
         clock.advance(DAY - clock.time() % DAY)
     assert clock.time() == datetime(2026, 12, 1, tzinfo=UTC).timestamp()
     assert counters(collector) == (30, 27)
+    # The status page's strip: the same runs, day by day, across the restart.
+    (history,) = collector.job_history().values()
+    missed = sorted(datetime.fromtimestamp(d, UTC).day for d, met in history if not met)
+    assert len(history) == 30 and missed == [7, 14, 21]
     await keeper.close()
     # Counters: never going back, one more expected run per polled deadline.
     for (e1, m1), (e2, m2) in itertools.pairwise(seen):

@@ -77,7 +77,7 @@ class AssetConfig(ConfigSection):
     name: SkipJsonSchema[str]
     rpo: Duration
     criticality: Criticality = "normal"
-    # SLA target ratio (runs met / runs expected) below which BackupAssetSLABelowTarget fires.
+    # SLA target ratio (runs met / runs expected) below which BackupSlaBelowTarget fires.
     sla_target: float = 0.95
     locations: tuple[LocationConfig, ...] = ()
 

@@ -24,7 +24,7 @@ from exporter.assets.engine import (
 )
 from exporter.assets.model import AssetStatus, VerificationStatus
 from exporter.buckets.model import BucketsSnapshot
-from exporter.schedule.jobs import JobStatus
+from exporter.schedule.jobs import Evidence, JobStatus
 from exporter.sources.targets import bucket_target, dataset_target, storage_target
 
 log = logging.getLogger(__name__)
@@ -102,12 +102,54 @@ def location_targets(loc: LocationConfig) -> dict[str, str]:
     return out
 
 
-def observe_source(loc: LocationConfig, poller: PollerView | None) -> Observation:
-    """Observe a source location: unknown unless the source's last poll succeeded."""
+def stored_key(asset: str, location: str) -> str:
+    """Return the key a location's evidence is stored under, beside the ``jobs:`` evidence."""
+    return f"asset\x1f{asset}\x1f{location}"
+
+
+def stored_locations(assets: Mapping[str, AssetConfig], poller: PollerView) -> dict[str, Evidence]:
+    """Return the evidence of every asset location ``poller``'s source proves (to store)."""
+    out: dict[str, Evidence] = {}
+    snapshot = poller.state.snapshot
+    if snapshot is None:
+        return out
+    for name, asset in assets.items():
+        for loc in asset.locations:
+            if loc.job or loc.source != poller.name:
+                continue
+            try:
+                evidence = poller.source.evidence(snapshot, loc.evidence)
+            except Exception:
+                log.exception("source=%s evidence lookup failed (asset location)", loc.source)
+                continue
+            if evidence is not None:
+                out[stored_key(name, loc.name)] = evidence
+    return out
+
+
+def _from_evidence(evidence: Evidence) -> Observation:
+    return Observation(
+        known=True,
+        newest=evidence.last_success,
+        failed=bool(evidence.failed),
+        why="last run failed" if evidence.failed else "",
+    )
+
+
+def observe_source(
+    loc: LocationConfig, poller: PollerView | None, stored: Evidence | None = None
+) -> Observation:
+    """Observe a source location: unknown unless the source's last poll succeeded.
+
+    Before the first poll after a restart, the location's evidence from the last good poll
+    (the state database) is served, as the jobs' evidence is: the source was last read fine.
+    """
     if poller is None:
         return Observation(known=False, why=f"no source {loc.source}")
     state = poller.state
     if state.snapshot is None:
+        if stored is not None:
+            return _from_evidence(stored)
         return Observation(known=False, why=f"source {loc.source} not read yet")
     if not state.up:
         return Observation(known=False, why=f"source {loc.source} down")
@@ -123,12 +165,7 @@ def observe_source(loc: LocationConfig, poller: PollerView | None) -> Observatio
         evidence = None
     if evidence is None:
         return Observation(known=False, why=f"{loc.source} has no {_selector_text(loc.evidence)}")
-    return Observation(
-        known=True,
-        newest=evidence.last_success,
-        failed=bool(evidence.failed),
-        why="last run failed" if evidence.failed else "",
-    )
+    return _from_evidence(evidence)
 
 
 def observe(
@@ -136,15 +173,21 @@ def observe(
     pollers: Sequence[PollerView],
     job_statuses: Sequence[JobStatus],
     job_sources: Mapping[str, str],
+    stored: Mapping[str, Mapping[str, Evidence]] | None = None,
 ) -> dict[str, tuple[Observation, ...]]:
-    """Observe every location of every asset."""
+    """Observe every location of every asset (``stored``: per source, the state database's)."""
     by_name = {p.name: p for p in pollers}
+    stored = stored or {}
     out: dict[str, tuple[Observation, ...]] = {}
     for name, asset in assets.items():
         out[name] = tuple(
             observe_job(loc, job_statuses, job_sources)
             if loc.job
-            else observe_source(loc, by_name.get(loc.source))
+            else observe_source(
+                loc,
+                by_name.get(loc.source),
+                stored.get(loc.source, {}).get(stored_key(name, loc.name)),
+            )
             for loc in asset.locations
         )
     return out
@@ -250,13 +293,14 @@ def judge_now(
     job_evidence: Mapping[str, Mapping[str, str]],
     verifications: Mapping[str, Sequence[VerificationStatus]],
     now: float,
+    stored: Mapping[str, Mapping[str, Evidence]] | None = None,
 ) -> tuple[list[AssetStatus], float | None]:
     """Observe, judge and roll up the SLA of every asset; also return :func:`next_change`.
 
     ``verifications`` are the records' statuses; the buckets' restore checks are added here.
     """
     job_sources = {name: ev.get("source", "") for name, ev in job_evidence.items()}
-    observations = observe(assets, pollers, job_statuses, job_sources)
+    observations = observe(assets, pollers, job_statuses, job_sources, stored)
     checks = merge_verifications(verifications, bucket_verifications(assets, pollers))
     statuses = []
     for status in judge(assets, observations, checks, now):

@@ -45,7 +45,7 @@ from prometheus_client.core import (
 from exporter import __version__
 from exporter.assets.config import AssetConfig
 from exporter.assets.model import AssetStatus, VerificationStatus
-from exporter.assets.observe import judge_now
+from exporter.assets.observe import judge_now, stored_locations
 from exporter.assets.records import (
     VerificationConfig,
     render_verification,
@@ -439,6 +439,7 @@ class SnapshotCollector:
             job_statuses=jobs,
             job_evidence={name: job.evidence for name, job in self.job_configs.items()},
             verifications=self.verifications_by_asset(),
+            stored={name: r.config_evidence for name, r in self.keeper.results.items()},
             now=now,
         )
         out = []
@@ -449,8 +450,15 @@ class SnapshotCollector:
         return out
 
     def job_history(self) -> dict[str, list[tuple[float, bool]]]:
-        """Per job id (``source/name/vmid``): ``(finish deadline, met)`` of its recent runs."""
-        return {}
+        """Per job id (``source/name/vmid``): ``(finish deadline, met)`` of its recent runs.
+
+        The runs the SLA counters counted (``exporter/schedule/sla.py``), from the run history.
+        """
+        out: dict[str, list[tuple[float, bool]]] = {}
+        for status in self.job_statuses():
+            name, source, vmid = job_labels(status.spec)
+            out[f"{source}/{name}/{vmid}"] = self.keeper.recent_runs(status.spec)
+        return out
 
     def _note_conflicts(self, dropped: list[tuple[JobSpec, str]]) -> None:
         counts: dict[str, int] = {}
@@ -504,9 +512,13 @@ class SnapshotCollector:
             for spec in self._job_specs
             if spec.source == poller.name
         }
+        # The asset locations this source proves: served from the store after a restart.
+        config.update(stored_locations(self.assets, poller))
         specs = {spec.name: spec for spec in self._job_specs}
         candidates = [(s, e, True, "discovered") for s, e in discovered]
-        candidates += [(specs[name], ev, True, "config") for name, ev in config.items()]
+        candidates += [
+            (specs[name], ev, True, "config") for name, ev in config.items() if name in specs
+        ]
         # Runs are kept per job labels: a dropped duplicate must not add to the other's history.
         kept, _ = _without_duplicates(candidates)
         statuses = [self._evaluate(s, e, now, known=True) for s, e, _, _ in kept]

@@ -381,6 +381,12 @@ class StateKeeper:
             tally.advance(spec, self._successes.get(key, ()), stored.taken_at)
             return tally.expected, tally.met
 
+    def recent_runs(self, spec: JobSpec) -> list[tuple[float, bool]]:
+        """Return ``(finish deadline, met)`` of the job's last counted runs (after :meth:`sla`)."""
+        with self._sla_lock:
+            tally = self._tallies.get(job_key(spec))
+            return [] if tally is None else list(tally.recent)
+
     def render(self) -> Iterator[Metric]:
         """``backup_state_up`` and, while the database is unusable, its reason."""
         up = GaugeMetricFamily("backup_state_up", "1 if the state database is usable.")

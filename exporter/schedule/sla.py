@@ -21,14 +21,16 @@ costs O(new deadlines × log history), never a replay of the history.
 from __future__ import annotations
 
 import bisect
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from exporter.schedule.expressions import NoNextStartError, Schedule
 from exporter.schedule.jobs import JobSpec
 
 _TICK = timedelta(microseconds=1)
+RECENT = 1500  # runs kept for the status page's 30 days (an hourly job has 720)
 
 
 def _start_at_or_after(schedule: Schedule, at: float) -> float | None:
@@ -54,6 +56,8 @@ class Tally:
     pending: float | None  # the first scheduled start not counted yet (None: no more starts)
     expected: int = 0
     met: int = 0
+    # The last runs counted, ``(finish deadline, met)``: the status page's 30-day strip.
+    recent: deque[tuple[float, bool]] = field(default_factory=lambda: deque(maxlen=RECENT))
 
     @classmethod
     def start(cls, spec: JobSpec, identity: str, anchor: float) -> Tally:
@@ -67,8 +71,10 @@ class Tally:
             nxt = _start_after(spec.schedule, start)
             self.expected += 1
             i = bisect.bisect_left(successes, start)
+            met = False
             if i < len(successes):
                 done = successes[i]
-                if done <= start + spec.grace and (nxt is None or done < nxt):
-                    self.met += 1
+                met = done <= start + spec.grace and (nxt is None or done < nxt)
+            self.met += met
+            self.recent.append((start + spec.grace, met))
             self.pending = nxt
