@@ -15,7 +15,7 @@ from matrix_table import render
 
 # CI: a bounded budget; `make fuzz` runs HYPOTHESIS_PROFILE=fuzz.
 settings.register_profile(
-    "ci", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.register_profile(
     "fuzz", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
