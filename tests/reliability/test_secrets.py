@@ -127,8 +127,9 @@ async def test_canaries_never_leak(
         b2 = canary("b2")
         values = [pve, nas, hc, s3, b2]
         secrets_dir = lab.workdir / "secrets"
-        for name, value in (("pve.token", pve), ("truenas.key", nas),
-                            ("healthchecks.key", hc), ("storj.key", s3), ("b2.key", b2)):  # fmt: skip
+        files = {"pve.token": pve, "truenas.key": nas, "healthchecks.key": hc,
+                 "storj.key": s3, "b2.key": b2}  # fmt: skip
+        for name, value in files.items():
             (secrets_dir / name).write_text(value + "\n")
         doc = yaml.safe_load(lab.config_path.read_text())
         doc["state_path"] = str(tmp_path / "state.db")
