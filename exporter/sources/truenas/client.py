@@ -259,6 +259,11 @@ class TrueNASClient(_Transport):
                 # A hung server must not stall shutdown: the close handshake waits at most 2 s.
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0),
             )
+        except asyncio.CancelledError:
+            # A poll cut at its timeout mid-handshake: the session must not outlive it
+            # (found by the soak: one unclosed ClientSession per hung TrueNAS poll).
+            await self.close()
+            raise
         except aiohttp.WSServerHandshakeError as exc:
             await self.close()
             wait = retry_after_header(exc.headers, time_module.time())
@@ -289,11 +294,14 @@ class TrueNASClient(_Transport):
         """Close the connection (idempotent, never raises)."""
         ws, self._ws = self._ws, None
         session, self._session = self._session, None
-        if ws is not None:
-            with contextlib.suppress(Exception):
-                await ws.close()
-        if session is not None:
-            await session.close()
+        try:
+            if ws is not None:
+                with contextlib.suppress(Exception):
+                    await ws.close()
+        finally:
+            # Also when the close handshake with a hung server is cancelled (shutdown).
+            if session is not None:
+                await session.close()
 
     def _redact(self, text: str) -> str:
         for secret in self._secrets:
