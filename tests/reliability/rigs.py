@@ -366,15 +366,20 @@ class CommandRig(Rig):
         return len(self.pids.read_text().split())
 
     def leftovers(self) -> list[int]:
-        alive = []
-        for pid in {int(p) for p in self.pids.read_text().split()}:
-            try:
-                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                continue
-            if state != "Z":
-                alive.append(pid)
-        return alive
+        return alive(self.pids)
+
+
+def alive(pids: Path) -> list[int]:
+    """The pids listed in the file ``pids`` that are still running (not zombies)."""
+    out = []
+    for pid in {int(p) for p in pids.read_text().split()}:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            out.append(pid)
+    return out
 
 
 class ZfsRig(CommandRig):

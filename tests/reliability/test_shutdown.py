@@ -29,7 +29,7 @@ from typing import Any
 
 import aiohttp
 import yaml
-from rigs import HOOK
+from rigs import HOOK, alive
 
 from exporter.core.clock import SystemClock
 from exporter.sim import homelab as lab_module
@@ -185,15 +185,9 @@ async def test_sigterm_mid_poll_of_every_kind_exits_cleanly_and_flushes(tmp_path
         backends.hang()
         polled = len(backends.pve.scenario.requests)
         await wait_for(lambda: _stuck(backends, polled), "the next polls to hang", 20)
-        started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        _out, err = await asyncio.wait_for(proc.communicate(), 10)
-        elapsed = time.monotonic() - started
+        elapsed, err = await terminate(proc, signals=1)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        await backends.stop()
+        await reap(proc, backends)
     assert elapsed < 5, f"SIGTERM took {elapsed:.1f}s"
     assert proc.returncode == 0, err.decode()[-2000:]
     with sqlite3.connect(tmp_path / "state.db") as db:
@@ -211,17 +205,9 @@ async def test_second_sigterm_exits_at_once(tmp_path: Path) -> None:
     try:
         await wait_for(lambda: _answers(port), "the exporter to listen")
         await wait_for(lambda: _stuck(backends, 0), "the first polls to hang", 20)
-        proc.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.05)
-        started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(proc.communicate(), 10)
-        elapsed = time.monotonic() - started
+        elapsed, err = await terminate(proc, signals=2)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        await backends.stop()
+        await reap(proc, backends)
     assert elapsed < 1.0, f"the second SIGTERM took {elapsed:.1f}s"
     # Status 1 from the handler ("second SIGTERM: exiting at once"), or, when the event loop
     # had already ended and the interpreter was joining a stuck worker thread, the signal's
@@ -231,16 +217,22 @@ async def test_second_sigterm_exits_at_once(tmp_path: Path) -> None:
         assert "second SIGTERM: exiting at once" in err.decode()
 
 
-def alive(pids: Path) -> list[int]:
-    out = []
-    for pid in {int(p) for p in pids.read_text().split()}:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            out.append(pid)
-    return out
+async def terminate(proc: asyncio.subprocess.Process, *, signals: int) -> tuple[float, bytes]:
+    """Send SIGTERM ``signals`` times (50 ms apart); the seconds from the last to the exit."""
+    for n in range(signals):
+        if n:
+            await asyncio.sleep(0.05)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+    _, err = await asyncio.wait_for(proc.communicate(), 10)
+    return time.monotonic() - started, err
+
+
+async def reap(proc: asyncio.subprocess.Process, backends: Backends) -> None:
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
+    await backends.stop()
 
 
 async def _has(port: int, names: set[str]) -> bool:
