@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from matrix_table import render
+from reliability.matrix_table import render
 
 # CI: a bounded budget; `make fuzz` runs HYPOTHESIS_PROFILE=fuzz.
 settings.register_profile(

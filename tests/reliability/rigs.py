@@ -32,7 +32,6 @@ from b2sdk.v3.exception import (
     Unauthorized,
     UnknownHost,
 )
-from faults import HTTP_FAULTS, RETRY_AFTER, FaultProxy, TestCA
 
 from exporter.core.clock import FakeClock
 from exporter.core.config import SourceConfig
@@ -46,6 +45,7 @@ from exporter.sim.truenas import start_fake_truenas
 from exporter.sources import build_source
 from exporter.sources.b2.source import B2Source
 from exporter.sources.base import Source
+from reliability.faults import HTTP_FAULTS, RETRY_AFTER, FaultProxy, TestCA
 
 TIMEOUT = "2s"  # generous: CI machines are shared; a hang costs two of these
 #: The expected reason of each HTTP fault; a rig overrides where its backend differs.

@@ -27,10 +27,15 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp.test_utils import TestClient
-from faults import RETRY_AFTER, StubResolver
-from matrix_table import CELLS
 from prometheus_client.parser import text_string_to_metric_families
-from rigs import (
+
+from exporter.core.app import create_app
+from exporter.core.clock import FakeClock
+from exporter.core.config import parse_config
+from exporter.core.poller import Poller
+from reliability.faults import RETRY_AFTER, StubResolver
+from reliability.matrix_table import CELLS
+from reliability.rigs import (
     ALL_FAULTS,
     RETRY_FAULTS,
     B2Rig,
@@ -44,11 +49,6 @@ from rigs import (
     TrueNASRig,
     ZfsRig,
 )
-
-from exporter.core.app import create_app
-from exporter.core.clock import FakeClock
-from exporter.core.config import parse_config
-from exporter.core.poller import Poller
 from tests.conftest import memory_source
 
 ClientFactory = Callable[[Any], Awaitable[TestClient[Any, Any]]]

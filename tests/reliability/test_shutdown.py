@@ -29,7 +29,6 @@ from typing import Any
 
 import aiohttp
 import yaml
-from rigs import HOOK, alive
 
 from exporter.core.clock import SystemClock
 from exporter.sim import homelab as lab_module
@@ -39,6 +38,7 @@ from exporter.sim.pve import homelab as pve_homelab
 from exporter.sim.pve import start_fake_pve
 from exporter.sim.truenas import homelab as truenas_homelab
 from exporter.sim.truenas import start_fake_truenas
+from reliability.rigs import HOOK, alive
 
 HERE = Path(__file__).resolve().parent
 KINDS = {"proxmox", "truenas", "healthchecks", "s3", "zfs", "smartctl", "files"}
