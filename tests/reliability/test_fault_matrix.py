@@ -246,6 +246,7 @@ async def test_fault_matrix(
         rig = RIGS[kind](tmp_path, clock)
     if isinstance(rig, ProxiedRig):
         rig.resolver = resolver
+    poller: Poller | None = None
     try:
         doc = await rig.start()
         cfg = parse_config(yaml.safe_dump({"sources": {"faulty": doc}}), base_dir=tmp_path)
@@ -271,4 +272,6 @@ async def test_fault_matrix(
                 poller.not_before = None
         assert not failures, "\n".join(failures)
     finally:
+        if poller is not None:
+            await poller.source.close()  # the app closes sources only of pollers it runs
         await rig.stop()

@@ -182,6 +182,8 @@ async def test_canaries_never_leak(
             resp = await client.get(page)
             assert_clean(f"{page} (failing)", await resp.read(), values)
         await keeper.flush()
+        for poller in pollers:  # the app closes sources only of pollers it runs itself
+            await poller.source.close()
     finally:
         await lab.stop()
 
