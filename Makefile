@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all venv debs lint test pytest demo bench dashboards report-example k8s-rules clean
+.PHONY: all venv debs lint test pytest demo bench dashboards report-example k8s-rules fuzz soak clean
 
 all: test
 
@@ -42,6 +42,13 @@ pytest: venv debs
 	$(BIN)/python -m pytest -q
 
 test: venv debs lint pytest
+
+# The reliability suite's long runs (the short ones are part of `make test`).
+fuzz: venv
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q tests/reliability/test_fuzz.py
+
+soak: venv
+	SOAK_SECONDS=$${SOAK_SECONDS:-600} $(BIN)/python -m pytest -q -s tests/reliability/test_soak.py
 
 demo: $(VENV)/.installed-demo
 	$(BIN)/backup-exporter demo

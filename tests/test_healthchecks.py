@@ -531,6 +531,12 @@ async def test_rate_limit_and_server_error_are_http_errors(
     assert error.reason == "http"
     assert "rate limited" in error.message
     assert "retry after 60s" in error.message
+    # No request before Retry-After ends: the poll is skipped, the state stays.
+    served = len(scenario.requests)
+    clock.advance(59)
+    assert (await poller.poll_once()).error is error
+    assert len(scenario.requests) == served
+    clock.advance(1)
     scenario.errors.append(500)
     error = await failed_poll(poller)
     assert error.reason == "http"

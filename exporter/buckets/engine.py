@@ -269,10 +269,14 @@ class BucketSource(Source[C, BucketsSnapshot]):
             memory[bucket.name] = new
             stored[bucket.name] = encode(new)
         reasons = {err.reason for err in failures.values()}
-        if failures and len(failures) == len(due) and reasons <= API_DOWN_REASONS:
-            # The endpoint is down, not a bucket: the source is down and the poller's own
-            # back-off applies. Keep each listing's progress, but no bucket back-off, so
-            # the next poll that reaches the API lists them (and says the source is up).
+        # A rate limit (Retry-After) is the endpoint's, not one bucket's: the poll fails and
+        # the poller waits it out before any request.
+        waits = [e.retry_after for e in failures.values() if e.retry_after is not None]
+        everything_failed = bool(failures) and len(failures) == len(due)
+        if everything_failed and (reasons <= API_DOWN_REASONS or len(waits) == len(failures)):
+            # The endpoint is down (or limits us), not a bucket: the source is down and the
+            # poller's own back-off applies. Keep each listing's progress, but no bucket
+            # back-off, so the next poll that reaches the API lists them.
             for name in failures:
                 before = stored_before.get(name)
                 new = replace(
@@ -285,7 +289,7 @@ class BucketSource(Source[C, BucketsSnapshot]):
                 stored[name] = encode(new)
             first = next(iter(failures.values()))
             message = "; ".join(f"bucket {n!r}: {e.message}" for n, e in failures.items())
-            raise FetchError(first.reason, message)
+            raise FetchError(first.reason, message, retry_after=max(waits, default=None))
         for name, err in failures.items():
             log.debug("source=%s bucket %r: %s", self.name, name, err)
         return self.snapshot(memory, failures)

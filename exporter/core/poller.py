@@ -12,6 +12,7 @@ import asyncio
 import collections
 import logging
 import random
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +25,18 @@ from exporter.sources.base import FetchContext, FetchError, Reason, Source
 log = logging.getLogger(__name__)
 
 Sleep = Callable[[float], Awaitable[None]]
+
+
+def _safe_traceback(exc: BaseException) -> str:
+    """Format ``exc``'s traceback with file, line and function only: no message, no locals.
+
+    ``log.exception`` would print ``str(exc)``, which for an SDK error can hold the request
+    (an API key in a header or URL); the exception type and where it was raised are what a
+    bug report needs.
+    """
+    frames = traceback.extract_tb(exc.__traceback__)
+    lines = [f"  {f.filename}:{f.lineno} in {f.name}" for f in frames]
+    return "\n".join([*lines, f"{type(exc).__module__}.{type(exc).__qualname__}"])
 
 
 @dataclass(frozen=True)
@@ -76,6 +89,8 @@ class Poller:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=source.name)
         self._lock = asyncio.Lock()
         self.polled = asyncio.Event()
+        # Wall-clock instant before which no request may be made (a ``Retry-After``).
+        self.not_before: float | None = None
 
     @property
     def _ids(self) -> tuple[str, str]:
@@ -92,12 +107,26 @@ class Poller:
             await self._poll()
         return self.state
 
+    def deferred(self) -> float:
+        """Seconds until the backend's ``Retry-After`` ends (0 when polling is allowed)."""
+        if self.not_before is None:
+            return 0.0
+        return max(0.0, self.not_before - self.clock.time())
+
     async def _poll(self) -> None:
+        if self.deferred() > 0:
+            # The backend asked for no request before ``not_before``: the poll is skipped and
+            # the state (down, with the error that carried the Retry-After) stays as it is.
+            log.debug("source=%s poll deferred %.0fs by Retry-After", self.name, self.deferred())
+            self.polled.set()
+            return
+        self.not_before = None
         cfg = self.source.config
         ctx = FetchContext(clock=self.clock, executor=self._executor, memory=self.memory)
         started = self.clock.monotonic()
         previous = self.state
         error: FetchError | None = None
+        crash = ""
         try:
             async with asyncio.timeout(cfg.timeout):
                 snapshot = await self.source.fetch(ctx)
@@ -106,8 +135,10 @@ class Poller:
         except FetchError as exc:
             error = exc
         except Exception as exc:
-            log.exception("source=%s kind=%s poll crashed", self.name, self.source.kind)
             error = FetchError("parse", f"unexpected {type(exc).__name__} while reading")
+            # Logged with the failure below (once per outage); the traceback names code, not
+            # values: the exception's arguments may carry a credential (a URL, a header).
+            crash = "\n" + _safe_traceback(exc)
         finally:
             self.requests.update(ctx.requests)
         duration = self.clock.monotonic() - started
@@ -123,6 +154,8 @@ class Poller:
             )
             if previous.polled and not previous.up:
                 log.info("source=%s kind=%s recovered", self.name, self.source.kind)
+            # (A source's recovery line covers its targets recovering with it.)
+            self._log_targets(previous.snapshot, snapshot, recovered=not previous.up)
             if self.on_success is not None:
                 try:
                     self.on_success(self)
@@ -137,18 +170,52 @@ class Poller:
                 last_duration=duration,
                 error=error,
             )
-            if previous.up or not previous.polled or previous.reason != error.reason:
+            if error.retry_after is not None:
+                self.not_before = self.clock.time() + error.retry_after
+            # A source whose every target already failed for this reason was logged then.
+            targets = getattr(previous.snapshot, "targets", ()) or ()
+            logged = bool(targets) and all(not t.up and t.reason == error.reason for t in targets)
+            if (
+                (previous.up and not logged)
+                or not previous.polled
+                or (not previous.up and previous.reason != error.reason)
+            ):
                 # Inside an offline window a failed poll is expected: not a warning.
                 level = logging.INFO if error.reason == "offline" else logging.WARNING
                 log.log(
                     level,
-                    "source=%s kind=%s poll failed reason=%s: %s",
+                    "source=%s kind=%s poll failed reason=%s: %s%s",
                     self.name,
                     self.source.kind,
                     error.reason,
                     error.message,
+                    crash,
                 )
         self.polled.set()
+
+    def _log_targets(self, before: Any, after: Any, *, recovered: bool = False) -> None:
+        """Log a target (bucket, storage, dataset listing) going down or back, once each.
+
+        A target fails alone while its source stays up (exporter/sources/targets.py), so the
+        source's own failure line never says so.
+        """
+        old = {t.target: t for t in getattr(before, "targets", ()) or ()}
+        for status in getattr(after, "targets", ()) or ():
+            was = old.get(status.target)
+            if not status.up and (was is None or was.up or was.reason != status.reason):
+                log.warning(
+                    "source=%s kind=%s target=%s failed reason=%s: %s",
+                    self.name,
+                    self.source.kind,
+                    status.target,
+                    status.reason,
+                    status.message,
+                )
+            elif status.up and was is not None and not was.up and not recovered:
+                log.info(
+                    "source=%s kind=%s target=%s recovered", self.name, self.source.kind,
+                    status.target,
+                )  # fmt: skip
 
     def expected_offline(self) -> bool:
         """Tell whether the source is inside one of its declared offline windows now."""
@@ -165,6 +232,6 @@ class Poller:
         try:
             while True:
                 await self.poll_once()
-                await self._sleep(self.next_delay())
+                await self._sleep(max(self.next_delay(), self.deferred()))
         finally:
             self._executor.shutdown(wait=False, cancel_futures=True)

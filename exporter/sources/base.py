@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import datetime
+import email.utils
 import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
@@ -53,12 +55,73 @@ class FetchError(Exception):
     """An expected failure of a poll, with a machine-readable ``reason``.
 
     The message must be safe to log and show: it never contains a credential.
+
+    ``retry_after`` (seconds from now) is set when the backend asked us to wait before the
+    next request (HTTP 429/503 ``Retry-After``): the poller makes no request before then.
     """
 
-    def __init__(self, reason: Reason, message: str) -> None:
+    def __init__(self, reason: Reason, message: str, *, retry_after: float | None = None) -> None:
         self.reason: Reason = reason
         self.message = message
+        self.retry_after = retry_after
         super().__init__(f"{reason}: {message}")
+
+
+#: The longest wait a ``Retry-After`` may impose (a bogus "retry in a year" must not silence
+#: a source for good): one day.
+MAX_RETRY_AFTER = 86400.0
+
+
+def retry_after_header(headers: Mapping[str, str] | None, now: float) -> float | None:
+    """Return the wait a response's ``Retry-After`` asks for (see :func:`parse_retry_after`).
+
+    An HTTP-date is measured against the response's own ``Date`` when it has one, so a
+    server whose clock differs from ours still gets the wait it asked for; else ``now``.
+    """
+    if not headers:
+        return None
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    served = parse_http_date(headers.get("Date"))
+    return parse_retry_after(value, now if served is None else served)
+
+
+def parse_http_date(value: str | None) -> float | None:
+    """Parse an HTTP-date (RFC 9110 §5.6.7, all three forms) into Unix seconds, or None."""
+    if not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # the asctime form has no zone: HTTP-dates are always GMT
+        when = when.replace(tzinfo=datetime.UTC)
+    try:
+        return when.timestamp()
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Return the seconds to wait that a ``Retry-After`` header value asks for, or None.
+
+    RFC 9110 §10.2.3: the value is either ``delay-seconds`` (``1*DIGIT``) or an
+    ``HTTP-date`` (IMF-fixdate, or the obsolete RFC 850 and asctime forms a recipient must
+    accept, §5.6.7), the instant after which to retry. A date in the past means "now" (0);
+    anything else (negative, fractional, garbage) is ignored (None). The wait is capped at
+    :data:`MAX_RETRY_AFTER`.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        # Many digits would overflow int parsing limits; any such wait is capped anyway.
+        return MAX_RETRY_AFTER if len(text) > 9 else min(float(text), MAX_RETRY_AFTER)
+    at = parse_http_date(text)
+    if at is None:
+        return None
+    return min(max(0.0, at - now), MAX_RETRY_AFTER)
 
 
 class FetchContext:

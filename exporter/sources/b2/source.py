@@ -78,7 +78,7 @@ from exporter.buckets.restore import BoundedSink, TooLargeError
 from exporter.sources.b2 import KIND
 from exporter.sources.b2.config import SPEC as SPEC  # noqa: PLC0414 - re-export
 from exporter.sources.b2.config import B2Config
-from exporter.sources.base import FetchError, Reason
+from exporter.sources.base import MAX_RETRY_AFTER, FetchError, Reason
 
 log = logging.getLogger(__name__)
 
@@ -179,10 +179,17 @@ class _RawApiGuard:
                 try:
                     return attr(*args, **kwargs)
                 except B2Error as exc:
-                    if attempt >= self._retries or not exc.should_retry_http():
+                    # A Retry-After (b2sdk keeps it as retry_after_seconds, from HTTP 429/503:
+                    # b2sdk/_internal/exception.py interpret_b2_error) is left to the poller,
+                    # which makes no request before it; sleeping it here would hold the
+                    # worker thread past the poll's timeout.
+                    if (
+                        attempt >= self._retries
+                        or not exc.should_retry_http()
+                        or exc.retry_after_seconds is not None
+                    ):
                         raise
-                    wait = exc.retry_after_seconds or 0.5 * 2**attempt
-                    self._sleep(min(float(wait), 30.0))
+                    self._sleep(min(0.5 * 2**attempt, 30.0))
             raise AssertionError("unreachable")  # pragma: no cover
 
         return guarded
@@ -210,7 +217,9 @@ def b2_error(exc: Exception, *, secret: str = "") -> FetchError | None:
         reason = "http"
     if secret:
         text = text.replace(secret, "***")
-    return FetchError(reason, f"{type(exc).__name__}: {text[:300]}")
+    wait = exc.retry_after_seconds
+    retry_after = None if wait is None else min(max(0.0, float(wait)), MAX_RETRY_AFTER)
+    return FetchError(reason, f"{type(exc).__name__}: {text[:300]}", retry_after=retry_after)
 
 
 def _take(entry: Any, prefix: str, agg: PrefixAggregate, sampler: ReservoirSampler | None) -> bool:

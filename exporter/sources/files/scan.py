@@ -40,6 +40,11 @@ def walk(path: Path, pattern: str) -> int:
         return 0
     entries = 0
     try:
+        # pathlib's glob swallows PermissionError (CPython Lib/pathlib.py, the selectors'
+        # ``except PermissionError``) and would report an unreadable directory as empty:
+        # open it first so that EACCES is an error, never "no backups".
+        with os.scandir(path):
+            pass
         for entry in path.glob(pattern):
             entries += 1
             try:

@@ -80,7 +80,7 @@ from exporter.core.config import (
 from exporter.core.tls import ClientSSL
 from exporter.schedule.expressions import Schedule, ScheduleError, parse_schedule
 from exporter.schedule.jobs import Evidence, JobSpec
-from exporter.sources.base import FetchContext, FetchError, Source
+from exporter.sources.base import FetchContext, FetchError, Source, retry_after_header
 from exporter.sources.healthchecks import KIND
 from exporter.sources.healthchecks.config import SPEC as SPEC  # noqa: PLC0414 - re-export
 from exporter.sources.healthchecks.config import HealthchecksConfig, _base_url
@@ -345,7 +345,11 @@ class HealthchecksSource(Source[HealthchecksConfig, HealthchecksSnapshot]):
     async def _get_json(self, ctx: FetchContext, path: str, query: list[tuple[str, str]]) -> Any:
         """GET ``path`` under the base URL with the key; return the decoded JSON."""
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            # No DNS cache: polls are minutes apart, far beyond its 10 s TTL, and a cached
+            # address would hide a name that stopped resolving.
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(use_dns_cache=False)
+            )
         url = self._base.with_path(self._prefix + path).with_query(query)
         ssl_arg = self._ssl.get() if url.scheme == "https" else False
         ctx.count_request()
@@ -359,7 +363,7 @@ class HealthchecksSource(Source[HealthchecksConfig, HealthchecksSnapshot]):
             ) as resp:
                 if resp.status != 200:
                     body = await resp.content.read(2048)
-                    raise self._status_error(resp, body)
+                    raise self._status_error(resp, body, ctx.clock.time())
                 if (resp.content_length or 0) > MAX_RESPONSE_BYTES:
                     raise FetchError("parse", f"answer of {self._where} is too large")
                 data = bytearray()
@@ -391,7 +395,7 @@ class HealthchecksSource(Source[HealthchecksConfig, HealthchecksSnapshot]):
         except (UnicodeDecodeError, ValueError):
             raise FetchError("parse", f"answer of {self._where}{path} is not JSON") from None
 
-    def _status_error(self, resp: aiohttp.ClientResponse, body: bytes) -> FetchError:
+    def _status_error(self, resp: aiohttp.ClientResponse, body: bytes, now: float) -> FetchError:
         status = resp.status
         detail = ""
         try:
@@ -405,12 +409,16 @@ class HealthchecksSource(Source[HealthchecksConfig, HealthchecksSnapshot]):
             return FetchError(
                 "auth", f"{where} refused the API key (HTTP {status}{detail}); check api_key"
             )
+        # Healthchecks rate-limits the API per key (HTTP 429) and a proxy in front of it may
+        # answer 503; either may carry Retry-After (RFC 9110 §10.2.3, seconds or an HTTP-date):
+        # the poller then makes no request before it.
+        retry_after = retry_after_header(resp.headers, now)
         if status == 429:
-            retry = resp.headers.get("Retry-After", "")
-            after = f", retry after {retry}s" if retry.isdigit() else ""
+            after = "" if retry_after is None else f", retry after {retry_after:.0f}s"
             return FetchError(
                 "http",
                 f"rate limited by {where} (HTTP 429: about 100 API requests per minute{after})",
+                retry_after=retry_after,
             )
         if 300 <= status < 400:
             location = self._redact(resp.headers.get("Location", "?"))
@@ -423,7 +431,11 @@ class HealthchecksSource(Source[HealthchecksConfig, HealthchecksSnapshot]):
             return FetchError(
                 "config", f"{where} has no Healthchecks API v3 at {resp.url.path} (HTTP 404)"
             )
-        return FetchError("http", f"{where} answered HTTP {status}{detail}")
+        return FetchError(
+            "http",
+            f"{where} answered HTTP {status}{detail}",
+            retry_after=retry_after if status == 503 else None,
+        )
 
     async def fetch(self, ctx: FetchContext) -> HealthchecksSnapshot:
         """Read the check list (and, with ``pings: true``, the ping logs of down checks)."""

@@ -29,7 +29,7 @@ did not start (pve-manager PVE/API2/Tasks.pm ``read_task_log``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -37,7 +37,7 @@ import requests
 from proxmoxer import ProxmoxAPI
 from proxmoxer.core import ResourceException
 
-from exporter.sources.base import FetchContext, FetchError
+from exporter.sources.base import FetchContext, FetchError, retry_after_header
 from exporter.sources.proxmox.config import ProxmoxConfig
 from exporter.sources.proxmox.model import HiddenBackups, ProxmoxSnapshot
 from exporter.sources.proxmox.tasks import Charge
@@ -49,6 +49,9 @@ class ProxmoxApi:
     def __init__(self, config: ProxmoxConfig) -> None:
         self.config = config
         self._api: ProxmoxAPI | None = None
+        # The headers of the last 429/503 answer (for Retry-After): proxmoxer's
+        # ResourceException keeps the status but not the headers, so a response hook does.
+        self._retry_after: Mapping[str, str] | None = None
 
     def _client(self) -> ProxmoxAPI:
         # Token auth does no I/O here; the client (and its keep-alive session) is reused.
@@ -65,9 +68,17 @@ class ProxmoxApi:
                 # One request ends within a storage's own time (target_timeout).
                 timeout=cfg.storage_timeout,
             )
+            session = self._api._store.get("session")
+            if isinstance(session, requests.Session):
+                session.hooks["response"].append(self._note_retry_after)
         return self._api
 
+    def _note_retry_after(self, resp: requests.Response, *args: Any, **kwargs: Any) -> None:
+        if resp.status_code in (429, 503):
+            self._retry_after = resp.headers
+
     def _request(self, path: str, params: dict[str, Any]) -> Any:
+        self._retry_after = None
         return self._client()(path).get(**params)
 
     async def get(self, ctx: FetchContext, path: str, **params: Any) -> Any:
@@ -77,7 +88,10 @@ class ProxmoxApi:
         try:
             return await ctx.run_blocking(self._request, path, params)
         except ResourceException as exc:
-            raise _http_error(where, exc.status_code) from None
+            # A reverse proxy in front of pveproxy may answer 429/503 with Retry-After
+            # (RFC 9110 §10.2.3): the poller then makes no request before it.
+            wait = retry_after_header(self._retry_after, ctx.clock.time())
+            raise _http_error(where, exc.status_code, wait) from None
         except requests.exceptions.SSLError:
             raise FetchError(
                 "tls", f"{where}: TLS verification failed (set ca_file or verify_tls)"
@@ -158,7 +172,7 @@ class ProxmoxApi:
             self._api = None
 
 
-def _http_error(where: str, status: int) -> FetchError:
+def _http_error(where: str, status: int, retry_after: float | None = None) -> FetchError:
     try:
         phrase = HTTPStatus(status).phrase
     except ValueError:
@@ -170,6 +184,12 @@ def _http_error(where: str, status: int) -> FetchError:
     if status == 403:
         return FetchError(
             "permission", f"{where}: HTTP 403 {phrase}: the token needs PVEAuditor on /"
+        )
+    if retry_after is not None and status in (429, 503):
+        return FetchError(
+            "http",
+            f"{where}: HTTP {status} {phrase}, retry after {retry_after:.0f}s",
+            retry_after=retry_after,
         )
     return FetchError("http", f"{where}: HTTP {status} {phrase}")
 

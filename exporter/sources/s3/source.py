@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -68,7 +69,7 @@ from exporter.buckets.engine import (
 from exporter.buckets.listing import PrefixAggregate, ReservoirSampler
 from exporter.buckets.model import Download, SampleObject
 from exporter.buckets.restore import BoundedSink, TooLargeError
-from exporter.sources.base import FetchError, Reason
+from exporter.sources.base import FetchError, Reason, retry_after_header
 from exporter.sources.s3 import KIND
 from exporter.sources.s3.config import SPEC as SPEC  # noqa: PLC0414 - re-export
 from exporter.sources.s3.config import S3Config
@@ -95,9 +96,38 @@ _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchVersion", "404", "NotFound"})
 _API_CLASS = {"ListObjectsV2": "list", "GetObject": "get", "HeadObject": "get"}
 
 
+class RetryAfterError(Exception):
+    """The endpoint answered 429/503 with ``Retry-After``: botocore must not retry it."""
+
+    def __init__(self, status: int, retry_after: float) -> None:
+        super().__init__(f"HTTP {status}, retry after {retry_after:.0f}s")
+        self.status = status
+        self.retry_after = retry_after
+
+
+def veto_early_retry(response: Any = None, **_: Any) -> None:
+    """Botocore ``needs-retry`` hook: stop at a 429/503 that carries ``Retry-After``.
+
+    botocore's standard mode retries 429 (``_THROTTLING_STATUS_CODES``) and 503
+    (``_TRANSIENT_STATUS_CODES``) after its own backoff and ignores ``Retry-After``
+    (botocore/retries/standard.py ``StandardRetryConditions``); raising here ends the call,
+    so the poller can wait until the server allows the next request (RFC 9110 §10.2.3).
+    """
+    if not isinstance(response, tuple) or not response or response[0] is None:
+        return
+    http = response[0]
+    status = getattr(http, "status_code", 0)
+    if status in (429, 503):
+        wait = retry_after_header(http.headers, time.time())
+        if wait is not None:
+            raise RetryAfterError(status, wait)
+
+
 def s3_error(exc: Exception, *, secret: str = "") -> FetchError | None:
     """Map a botocore exception to a :class:`FetchError` with a safe message."""
     reason: Reason
+    if isinstance(exc, RetryAfterError):
+        return FetchError("http", f"rate limited: {exc}", retry_after=exc.retry_after)
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
         code = str(err.get("Code", ""))
@@ -322,7 +352,7 @@ def make_client(config: S3Config) -> Any:
         timestamp_parser=fast_timestamp
     )
     session = boto3.session.Session(botocore_session=core)
-    return session.client(
+    client = session.client(
         "s3",
         endpoint_url=config.endpoint,
         region_name=config.region,
@@ -342,3 +372,5 @@ def make_client(config: S3Config) -> Any:
             user_agent_extra="backup-exporter",
         ),
     )
+    client.meta.events.register_first("needs-retry.s3", veto_early_retry)
+    return client

@@ -52,7 +52,7 @@ from typing import Any, Protocol, Self
 import aiohttp
 from yarl import URL
 
-from exporter.sources.base import FetchError
+from exporter.sources.base import FetchError, retry_after_header
 
 __all__ = [
     "PLAIN_HTTP_REFUSAL",
@@ -259,14 +259,20 @@ class TrueNASClient(_Transport):
                 # A hung server must not stall shutdown: the close handshake waits at most 2 s.
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0),
             )
+        except asyncio.CancelledError:
+            # A poll cut at its timeout mid-handshake: the session must not outlive it
+            # (found by the soak: one unclosed ClientSession per hung TrueNAS poll).
+            await self.close()
+            raise
         except aiohttp.WSServerHandshakeError as exc:
             await self.close()
-            raise self._handshake_error(exc.status) from None
+            wait = retry_after_header(exc.headers, time_module.time())
+            raise self._handshake_error(exc.status, wait) from None
         except (aiohttp.ClientError, OSError) as exc:
             await self.close()
             raise _transport_error(exc, self.where) from None
 
-    def _handshake_error(self, status: int) -> FetchError:
+    def _handshake_error(self, status: int, retry_after: float | None = None) -> FetchError:
         if status == 404:
             return NoJsonRpcError(
                 "config",
@@ -276,17 +282,26 @@ class TrueNASClient(_Transport):
             )
         if status in (401, 403):
             return FetchError("auth", f"{self.where} refused the WebSocket (HTTP {status})")
-        return FetchError("http", f"WebSocket handshake with {self.where} failed: HTTP {status}")
+        # A reverse proxy (or the middleware's own limits) may refuse the upgrade with 429/503
+        # and Retry-After (RFC 9110 §10.2.3): the poller then makes no request before it.
+        return FetchError(
+            "http",
+            f"WebSocket handshake with {self.where} failed: HTTP {status}",
+            retry_after=retry_after if status in (429, 503) else None,
+        )
 
     async def close(self) -> None:
         """Close the connection (idempotent, never raises)."""
         ws, self._ws = self._ws, None
         session, self._session = self._session, None
-        if ws is not None:
-            with contextlib.suppress(Exception):
-                await ws.close()
-        if session is not None:
-            await session.close()
+        try:
+            if ws is not None:
+                with contextlib.suppress(Exception):
+                    await ws.close()
+        finally:
+            # Also when the close handshake with a hung server is cancelled (shutdown).
+            if session is not None:
+                await session.close()
 
     def _redact(self, text: str) -> str:
         for secret in self._secrets:
@@ -583,6 +598,7 @@ def _check_login_ex(answer: Any, username: str) -> None:
         ),
         "REDIRECT": "TrueNAS redirects the login (REDIRECT): point url at the active controller",
     }
-    raise FetchError(
-        "auth", messages.get(str(kind), f"unexpected auth.login_ex response_type {kind!r}")
-    )
+    if kind not in messages:
+        # Not a refusal we know: an answer we cannot read, not proof the key is bad.
+        raise FetchError("parse", f"unexpected auth.login_ex response_type {str(kind)[:40]!r}")
+    raise FetchError("auth", messages[str(kind)])
