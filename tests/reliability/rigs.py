@@ -305,7 +305,7 @@ class B2Rig(Rig):
     }
 
     async def start(self) -> dict[str, Any]:
-        sim, (key_id, key) = lab._seed_b2(self.clock.time())
+        sim, (key_id, key), _master = lab._seed_b2(self.clock.time())
         self.raw = FaultyRaw(sim)
         return {
             "kind": "b2",
@@ -314,6 +314,8 @@ class B2Rig(Rig):
             "timeout": TIMEOUT,
             "interval": "5m",
             "retries": 1,
+            # Every poll lists (the daily list-call budget would space the listings out).
+            "list_calls_per_day": 0,
             "buckets": {lab.B2_BUCKET: {"prefixes": list(lab.PREFIXES), "interval": "1m"}},
         }
 

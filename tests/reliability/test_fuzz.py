@@ -320,45 +320,51 @@ def test_s3_listing_entries_only_parse_errors(obj: Any) -> None:
     assert isinstance(key, str) and size >= 0
 
 
-class _FileVersion:
-    def __init__(self, **kw: Any) -> None:
-        self.__dict__.update(kw)
-
-
 class _Call:
     def check(self) -> None:
         pass
 
 
-@given(
-    st.lists(
-        st.builds(
-            _FileVersion,
-            action=st.sampled_from(["upload", "hide", "start", "folder"]) | st.text(max_size=5),
-            size=st.integers(-3, 2**50) | st.none() | st.text(max_size=3),
-            upload_timestamp=st.integers(-(2**40), 2**45) | st.none() | st.floats(),
-            file_name=st.text(max_size=20),
-            id_=st.text(max_size=8),
-        ),
-        max_size=6,
-    )
+_B2_ENTRY = st.fixed_dictionaries(
+    {},
+    optional={
+        "action": st.sampled_from(["upload", "hide", "start", "folder"]) | st.text(max_size=5),
+        "contentLength": st.integers(-3, 2**50) | st.none() | st.text(max_size=3),
+        "uploadTimestamp": st.integers(-(2**40), 2**45) | st.none() | st.floats(),
+        "fileName": st.text(max_size=20) | st.integers(),
+        "fileId": st.text(max_size=8) | st.none(),
+        "contentSha1": st.text(max_size=8) | st.none(),
+    },
 )
-def test_b2_listing_only_parse_errors(versions: list[_FileVersion]) -> None:
+_B2_PAGE = st.fixed_dictionaries(
+    {},
+    optional={
+        "files": st.lists(_B2_ENTRY | st.integers() | st.none(), max_size=6) | st.text(max_size=3),
+        "nextFileName": st.text(max_size=20) | st.none() | st.integers(),
+    },
+)
+
+
+@given(st.lists(_B2_PAGE | st.none() | st.lists(st.integers(), max_size=2), min_size=1, max_size=4))
+def test_b2_listing_only_parse_errors(pages: list[Any]) -> None:
+    """b2_list_file_names pages as the session returns them (b2sdk raw_api: JSON dicts)."""
+    from types import SimpleNamespace
+
     from exporter.buckets.config import BucketConfig
     from exporter.sources.b2.source import B2Config, B2Source
 
     cfg = B2Config(name="b2", kind="b2", key_id="k", application_key="s",  # type: ignore[arg-type]
                    buckets=(BucketConfig(name="bk", prefixes=("",)),))  # fmt: skip
     source = B2Source(cfg, api_factory=lambda: None)  # type: ignore[arg-type,return-value]
+    served = iter(pages)
 
-    class Bucket:
-        def ls(self, **_: Any) -> Any:
-            return ((v, None) for v in versions)
+    def list_file_names(*_: Any) -> Any:
+        return next(served, {"files": [], "nextFileName": None})
 
-    source._bucket = lambda call, name: Bucket()  # type: ignore[method-assign]
+    source._api = SimpleNamespace(session=SimpleNamespace(list_file_names=list_file_names))  # type: ignore[assignment]
+    source._bucket = lambda call, name: SimpleNamespace(id_="bucket-id")  # type: ignore[method-assign]
     agg = PrefixAggregate()
-    call = _Call()
-    assert reason_of(source.list_prefix, call, cfg.buckets[0], "", agg, None) in (None, "parse")
+    assert reason_of(source.list_prefix, _Call(), cfg.buckets[0], "", agg, None) in (None, "parse")
 
 
 # ------------------------------------------------------------------------------ schedules
@@ -458,7 +464,8 @@ def _homelab_doc() -> dict[str, Any]:
         "x",
     )  # fmt: skip
     lab.update(pve_url="https://pve:8006", truenas_url="wss://nas", hc_url="https://hc.example",
-               s3_endpoint="https://gateway.storjshare.io", pve_token_id="u@pam!t")  # fmt: skip
+               s3_endpoint="https://gateway.storjshare.io", pve_token_id="u@pam!t",
+               quota="150GiB")  # fmt: skip
     return config_document(lab, secrets=Path("/nonexistent"))
 
 
