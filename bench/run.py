@@ -14,9 +14,9 @@ Each script runs ``--runs`` times (at least 3) as its own process. A script that
 "unit", "target"}``; the harness takes the median of each row over the runs and prints them
 side by side with the ratio ``ours / reference``. Scripts without ``--rows`` (the older
 ``scrape_latency.py`` and ``truenas_snapshots.py``) have their last run's table copied into
-RESULTS.md as printed. A script listed in ``SCRIPTS`` but absent from the tree is reported as
-missing (the scrape-cache scripts ``scrape_cache.py`` and ``idle_rss.py`` land with their own
-work) and the harness goes on.
+RESULTS.md as printed (also ``scrape_cache.py`` and ``idle_rss.py``, which print their own
+median tables over ``--runs``). A script listed in ``SCRIPTS`` but absent from the tree is
+reported as missing and the harness goes on.
 
 ``--quick`` is passed on to scripts that accept it (shorter idle windows, fewer objects).
 """
@@ -63,8 +63,8 @@ SCRIPTS = (
     Script("s3_listing.py", needs=("rclone",), runs_itself=True),
     # The scrape-cache work's scripts (scrape latency at 1k/6k/12k series vs generate_latest
     # and prometheus-pve-exporter, scrape during a 200k-snapshot poll, idle RSS/CPU).
-    Script("scrape_cache.py", quick=("--quick",)),
-    Script("idle_rss.py", quick=("--quick",)),
+    Script("scrape_cache.py", rows=False, runs_itself=True, quick=("--scrapes", "100")),
+    Script("idle_rss.py", rows=False, runs_itself=True, quick=("--minutes", "1")),
     # Present on main: scrape latency vs prometheus-pve-exporter, TrueNAS 200k-snapshot poll.
     Script("scrape_latency.py", rows=False, quick=("--scrapes", "50")),
     Script(
