@@ -55,6 +55,17 @@ def serve_fakes(workdir: Path) -> None:
             for n, j in (doc.get("jobs") or {}).items()
             if j.get("evidence", {}).get("source") not in dropped
         }
+        # The assets keep their other locations (an asset needs at least one).
+        assets = {}
+        for name, asset in (doc.get("assets") or {}).items():
+            kept = [
+                loc
+                for loc in asset.get("locations", [])
+                if loc.get("evidence", {}).get("source") not in dropped
+            ]
+            if kept:
+                assets[name] = {**asset, "locations": kept}
+        doc["assets"] = assets
         (workdir / "idle.yml").write_text(yaml.safe_dump(doc, sort_keys=False))
         await asyncio.Event().wait()
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from pathlib import Path
 
 from exporter.core.app import COLLECTOR, create_app
-from exporter.sim.demo import SpeedClock, _scaled_sleep, _scenario
+from exporter.core.clock import FakeClock
+from exporter.sim.demo import DAY, SpeedClock, _scaled_sleep, scenario_day
 from exporter.sim.homelab import start_homelab
 
-SPEED = 50_000.0  # a simulated day in 1.7 real seconds
+NOW = 1_795_700_000.0  # 2026-11-26 13:33 UTC
 
 
 def test_speed_clock_runs_n_times_faster() -> None:
@@ -22,33 +22,34 @@ def test_speed_clock_runs_n_times_faster() -> None:
     assert clock.time() - t0 >= 1000.0 * elapsed * 0.99
 
 
-async def test_pve_job_fails_then_recovers_within_seconds(tmp_path: Path) -> None:
-    clock = SpeedClock(SPEED)
+async def test_scaled_sleep_waits_n_times_less() -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await _scaled_sleep(1000.0)(2.0)  # 2 simulated seconds
+    assert loop.time() - started < 1.0
+
+
+async def test_the_scenario_makes_the_pve_job_fail_then_recover(tmp_path: Path) -> None:
+    """Day by day as the demo's clock runs: the PVE job fails on day 1 and recovers on day 2."""
+    clock = FakeClock(start=NOW)
     lab = await start_homelab(tmp_path / "lab", clock=clock)
-    pollers = lab.pollers(sleep=_scaled_sleep(SPEED))
-    app = create_app(lab.config, clock=clock, pollers=pollers)
-    scenario = asyncio.create_task(_scenario(lab, clock, SPEED))
-    tasks = [asyncio.create_task(p.run()) for p in pollers]
-    seen: list[str] = []
+    pollers = lab.pollers()
+    app = create_app(lab.config, clock=clock, pollers=pollers, run_pollers=False)
+    pve = next(p for p in pollers if p.name == "pve1")
+    states = []
     try:
-        async with asyncio.timeout(60):
-            while "failed" not in seen or seen[-1] != "ok":
-                statuses = [
-                    s for s in app[COLLECTOR].job_statuses()
-                    if s.spec.source == "pve1" and s.spec.labels.get("vmid") == "100"
-                ]  # fmt: skip
-                state = statuses[0].state if statuses else "unknown"
-                if not seen or seen[-1] != state:
-                    seen.append(state)
-                await asyncio.sleep(0.1)  # polling a condition on a running system
+        for day in range(4):
+            assert "PVE" in scenario_day(lab, day, clock.time()) or day in (0, 3)
+            clock.advance(DAY)
+            await pve.poll_once()
+            status = next(
+                s for s in app[COLLECTOR].job_statuses()
+                if s.spec.source == "pve1" and s.spec.labels.get("vmid") == "100"
+            )  # fmt: skip
+            states.append(status.state)
     finally:
-        for task in [scenario, *tasks]:
-            task.cancel()
-        for task in [scenario, *tasks]:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        for p in pollers:
-            await p.source.close()
+        for poller in pollers:
+            await poller.source.close()
         await lab.stop()
-    assert "failed" in seen and seen[-1] == "ok", seen
-    assert seen.index("failed") < len(seen) - 1
+    # Day 0 healthy; day 1's 21:00 run fails; day 2 repaired, its run succeeds.
+    assert states[0] == "ok" and states[1] == "failed" and states[2] == "ok", states

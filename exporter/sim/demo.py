@@ -90,6 +90,27 @@ DAY = 86400.0
 B2_TASK = "B2 daily"  # the TrueNAS cloud-sync task of the simulated homelab
 
 
+def scenario_day(lab: Homelab, day: int, at: float) -> str:
+    """Apply day ``day`` of the four-day cycle at simulated time ``at``; say what changed."""
+    phase = day % 4
+    said = ""
+    if phase == 1:
+        lab.pve_scenario.break_backups()
+        said = "PVE backups start failing"
+    elif phase == 2:
+        lab.pve_scenario.repair()
+        said = "PVE backups repaired"
+    elif phase == 3:
+        lab.truenas_scenario.fail_cloudsync(B2_TASK)
+        said = "the B2 cloud sync starts failing"
+    elif phase == 0 and day:
+        lab.truenas_scenario.repair_cloudsync(B2_TASK)
+        said = "the B2 cloud sync repaired"
+    if day:
+        lab.write_ha_backup(at)
+    return said
+
+
 async def _scenario(lab: Homelab, clock: Clock, speed: float) -> None:
     """Break and repair things on a four-day simulated cycle; write the daily HA backup."""
     start = clock.time()
@@ -98,21 +119,9 @@ async def _scenario(lab: Homelab, clock: Clock, speed: float) -> None:
         day = int((clock.time() - start) // DAY)
         if day != done:
             done = day
-            phase = day % 4
-            if phase == 1:
-                lab.pve_scenario.break_backups()
-                print(f"[scenario] day {day}: PVE backups start failing", flush=True)
-            elif phase == 2:
-                lab.pve_scenario.repair()
-                print(f"[scenario] day {day}: PVE backups repaired", flush=True)
-            elif phase == 3:
-                lab.truenas_scenario.fail_cloudsync(B2_TASK)
-                print(f"[scenario] day {day}: the B2 cloud sync starts failing", flush=True)
-            elif phase == 0 and day:
-                lab.truenas_scenario.repair_cloudsync(B2_TASK)
-                print(f"[scenario] day {day}: the B2 cloud sync repaired", flush=True)
-            if day:
-                lab.write_ha_backup(clock.time())
+            said = scenario_day(lab, day, clock.time())
+            if said:
+                print(f"[scenario] day {day}: {said}", flush=True)
         await asyncio.sleep(max(0.2, 600.0 / speed))
 
 
