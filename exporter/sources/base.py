@@ -106,7 +106,7 @@ def parse_http_date(value: str | None) -> float | None:
 def parse_retry_after(value: str | None, now: float) -> float | None:
     """Return the seconds to wait that a ``Retry-After`` header value asks for, or None.
 
-    RFC 9110 §10.2.3: the value is either ``delay-seconds`` (``1*DIGIT``) or an
+    RFC 9110, Retry-After: the value is either ``delay-seconds`` (``1*DIGIT``) or an
     ``HTTP-date`` (IMF-fixdate, or the obsolete RFC 850 and asctime forms a recipient must
     accept, §5.6.7), the instant after which to retry. A date in the past means "now" (0);
     anything else (negative, fractional, garbage) is ignored (None). The wait is capped at

@@ -425,7 +425,7 @@ def test_retry_after_never_raises_and_is_bounded(value: str) -> None:
 
 
 def test_retry_after_rfc9110_forms() -> None:
-    # RFC 9110 §10.2.3 and the three HTTP-date forms of §5.6.7.
+    # RFC 9110 section 10.2.3 (Retry-After) and the three HTTP-date forms of §5.6.7.
     at = datetime(1994, 11, 6, 8, 49, 37, tzinfo=UTC).timestamp()
     assert parse_retry_after("120", at) == 120
     assert parse_retry_after("Sun, 06 Nov 1994 08:50:37 GMT", at) == 60

@@ -410,7 +410,7 @@ class HealthchecksSource(Source[HealthchecksConfig, HealthchecksSnapshot]):
                 "auth", f"{where} refused the API key (HTTP {status}{detail}); check api_key"
             )
         # Healthchecks rate-limits the API per key (HTTP 429) and a proxy in front of it may
-        # answer 503; either may carry Retry-After (RFC 9110 §10.2.3, seconds or an HTTP-date):
+        # answer 503; either may carry Retry-After (RFC 9110: seconds or an HTTP-date):
         # the poller then makes no request before it.
         retry_after = retry_after_header(resp.headers, now)
         if status == 429:

@@ -89,7 +89,7 @@ class ProxmoxApi:
             return await ctx.run_blocking(self._request, path, params)
         except ResourceException as exc:
             # A reverse proxy in front of pveproxy may answer 429/503 with Retry-After
-            # (RFC 9110 §10.2.3): the poller then makes no request before it.
+            # (RFC 9110): the poller then makes no request before it.
             wait = retry_after_header(self._retry_after, ctx.clock.time())
             raise _http_error(where, exc.status_code, wait) from None
         except requests.exceptions.SSLError:

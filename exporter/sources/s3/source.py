@@ -111,7 +111,7 @@ def veto_early_retry(response: Any = None, **_: Any) -> None:
     botocore's standard mode retries 429 (``_THROTTLING_STATUS_CODES``) and 503
     (``_TRANSIENT_STATUS_CODES``) after its own backoff and ignores ``Retry-After``
     (botocore/retries/standard.py ``StandardRetryConditions``); raising here ends the call,
-    so the poller can wait until the server allows the next request (RFC 9110 §10.2.3).
+    so the poller can wait until the server allows the next request (RFC 9110, Retry-After).
     """
     if not isinstance(response, tuple) or not response or response[0] is None:
         return

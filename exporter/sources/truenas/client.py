@@ -283,7 +283,7 @@ class TrueNASClient(_Transport):
         if status in (401, 403):
             return FetchError("auth", f"{self.where} refused the WebSocket (HTTP {status})")
         # A reverse proxy (or the middleware's own limits) may refuse the upgrade with 429/503
-        # and Retry-After (RFC 9110 §10.2.3): the poller then makes no request before it.
+        # and Retry-After (RFC 9110): the poller then makes no request before it.
         return FetchError(
             "http",
             f"WebSocket handshake with {self.where} failed: HTTP {status}",
