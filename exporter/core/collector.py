@@ -161,6 +161,7 @@ class SnapshotCollector:
         self._asset_known: dict[str, float] = {}
         # When the last asset judgment changes without new evidence (None: never).
         self.asset_next_change: float | None = None
+        self._assets_kept: list[AssetStatus] = []  # the asset part's last judgment
         self.clock = clock
         self.job_configs = dict(jobs or {})
         self._job_specs = config_job_specs(self.job_configs)
@@ -297,7 +298,7 @@ class SnapshotCollector:
         return list(_noted(render_verification(self.verification_statuses(), self.verification)))
 
     def _assets_part(self, now: float) -> Rendered:
-        statuses = self.asset_statuses(self._statuses, now)
+        statuses = self._assets_kept = self.asset_statuses(self._statuses, now)
         valid = self.asset_next_change if self.asset_next_change is not None else math.inf
         return Rendered(list(_noted(render_assets(statuses))), valid)
 
@@ -428,9 +429,16 @@ class SnapshotCollector:
     def asset_statuses(
         self, job_statuses: Sequence[JobStatus] | None = None, now: float | None = None
     ) -> list[AssetStatus]:
-        """Judge every asset at ``now`` (default the clock's; ``exporter.assets.engine``)."""
+        """Judge every asset at ``now`` (default the clock's; ``exporter.assets.engine``).
+
+        Without arguments it returns what the exposition's asset part judged (refreshed when
+        it can have changed), so the status page does not judge the assets a second time.
+        """
         if not self.assets:
             return []
+        if job_statuses is None and now is None:
+            self.exposition.refresh()
+            return list(self._assets_kept)
         now = self.clock.time() if now is None else now
         jobs = self.job_statuses() if job_statuses is None else job_statuses
         statuses, self.asset_next_change = judge_now(
